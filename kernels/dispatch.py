@@ -1,0 +1,42 @@
+"""The one place that decides which kernel implementation runs.
+
+A backend is a module exposing the functions of :mod:`kernels.reference`
+(``rms_norm``, ``apply_rope``, ``silu_and_mul``, ``write_kv_cache``,
+``paged_attention``) with the same signatures. The model asks once, at build
+time, so no per-call dispatch cost lands on the hot path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+# Backends by name; each entry is imported lazily so CPU-only installs never
+# import GPU code.
+_BACKEND_MODULES = {
+    "torch": "kernels.reference",
+}
+
+
+def register_backend(name: str, module_path: str) -> None:
+    """Make another implementation selectable (e.g. Triton on CUDA)."""
+    _BACKEND_MODULES[name] = module_path
+
+
+def backend_name_for(device: torch.device) -> str:
+    """``TANDEM_KERNELS`` overrides; otherwise the best backend registered for the device."""
+    forced = os.environ.get("TANDEM_KERNELS")
+    if forced:
+        if forced not in _BACKEND_MODULES:
+            raise ValueError(f"TANDEM_KERNELS={forced!r}; known backends: {sorted(_BACKEND_MODULES)}")
+        return forced
+    if device.type == "cuda" and "triton" in _BACKEND_MODULES:
+        return "triton"
+    return "torch"
+
+
+def select_backend(device: torch.device) -> ModuleType:
+    return importlib.import_module(_BACKEND_MODULES[backend_name_for(device)])

@@ -1,0 +1,9 @@
+"""Plain-torch reference kernels: the CPU backend and the oracle for GPU kernels."""
+
+from kernels.reference.activation import silu_and_mul
+from kernels.reference.kv_cache import write_kv_cache
+from kernels.reference.paged_attention import paged_attention
+from kernels.reference.rms_norm import rms_norm
+from kernels.reference.rope import apply_rope
+
+__all__ = ["apply_rope", "paged_attention", "rms_norm", "silu_and_mul", "write_kv_cache"]

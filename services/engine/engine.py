@@ -1,0 +1,198 @@
+"""The engine loop: add requests, step, collect outputs.
+
+Lifecycle of a request:
+  1. ``add_request`` validates it and fans it out into ``n`` sample children,
+     all queued in the scheduler (they share the prompt's blocks through the
+     prefix cache).
+  2. Each ``step`` schedules a batch, runs the model once, advances every
+     scheduled child, detokenizes new tokens and checks stop strings.
+  3. A child ends on EOS / stop token / stop string (``stop``), ``max_tokens`` or
+     the context limit (``length``), or ``abort_request`` (``abort``); its blocks
+     go back to the pool at once. The parent finishes when all children have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+
+import torch
+
+from services.engine.config import EngineConfig
+from services.engine.errors import InvalidRequestError
+from services.engine.kv_cache_manager import KVCacheManager
+from services.engine.model_loading import LoadedModel, load_model
+from services.engine.model_runner import ModelRunner, num_kv_blocks_for_budget
+from services.engine.output_processor import OutputProcessor
+from services.engine.outputs import RequestOutput
+from services.engine.request import Request, RequestStatus
+from services.engine.request_validation import validate_prompt
+from services.engine.sampling_params import SamplingParams
+from services.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_total_blocks: int
+    kv_cache_usage: float
+    prefix_cache_hit_rate: float
+    prefix_cache_hit_tokens: int
+    prefix_cache_queried_tokens: int
+    num_preemptions: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        loaded: LoadedModel = load_model(config)
+        self.model_config = loaded
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.max_model_len = loaded.max_model_len
+        num_blocks = config.num_kv_blocks or num_kv_blocks_for_budget(
+            loaded.model.shape, config.block_size, loaded.dtype, loaded.device, config.kv_cache_memory_fraction
+        )
+        if num_blocks * config.block_size < self.max_model_len:
+            raise ValueError(
+                f"{num_blocks} KV blocks of {config.block_size} tokens hold {num_blocks * config.block_size} "
+                f"tokens, fewer than max_model_len={self.max_model_len}: raise the memory budget or "
+                "lower max_model_len"
+            )
+        self.kv_cache = KVCacheManager(
+            num_blocks, config.block_size, loaded.fingerprint, config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len),
+            self.kv_cache,
+        )
+        self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, loaded.dtype, loaded.device)
+        self.outputs = OutputProcessor(self.tokenizer)
+        self._children: dict[str, list[Request]] = {}
+        self._ids = itertools.count()
+        logger.info(
+            "engine ready: %s on %s (%s), %d KV blocks of %d tokens, kernels=%s",
+            loaded.architecture, self.device, self.dtype, num_blocks, config.block_size,
+            self.runner.kernel_backend,
+        )
+
+    # -- requests --------------------------------------------------------------
+
+    def next_request_id(self) -> str:
+        return str(next(self._ids))
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+    ) -> None:
+        """Queue one request; raises an :class:`InvalidRequestError` subclass for bad input."""
+        params = params or SamplingParams()
+        if request_id in self._children:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        prompt_text = prompt if isinstance(prompt, str) else None
+        token_ids = self.tokenizer.encode(prompt, add_special_tokens=True) if isinstance(prompt, str) else list(prompt)
+        validate_prompt(token_ids, params, self.max_model_len, len(self.tokenizer), self.model_config.vocab_size)
+        params = self.model_config.with_extra_stop_tokens(params)
+        now = time.monotonic()
+        children = []
+        for index in range(params.n):
+            generator = None
+            if params.seed is not None:
+                generator = torch.Generator(device=self.device).manual_seed(params.seed + index)
+            children.append(
+                Request(
+                    request_id=f"{request_id}#{index}",
+                    prompt_token_ids=token_ids,
+                    sampling_params=params,
+                    eos_token_id=self.model_config.eos_token_id,
+                    arrival_time=now,
+                    generator=generator,
+                )
+            )
+        self._children[request_id] = children
+        self.outputs.add_parent(request_id, prompt_text, children)
+        for child in children:
+            self.scheduler.add_request(child)
+
+    def abort_request(self, request_id: str) -> None:
+        """Stop a request wherever it is; its blocks are freed before this returns."""
+        for child in self._children.get(request_id, ()):
+            if not child.is_finished:
+                self.scheduler.finish_request(child, RequestStatus.FINISHED_ABORTED)
+                self.outputs.on_finished(child)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    # -- the loop ----------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration; returns a snapshot of every request that changed."""
+        step = self.scheduler.schedule()
+        if not step.is_empty:
+            self._run(step)
+        outputs = []
+        for parent in self.outputs.pop_changed():
+            first = self._children[parent.request_id][0]
+            outputs.append(self.outputs.snapshot(parent, first.num_cached_tokens))
+            if parent.finished:
+                del self._children[parent.request_id]
+        return outputs
+
+    def _run(self, step: SchedulerOutput) -> None:
+        try:
+            result = self.runner.execute(step)
+        except Exception:
+            # The step's requests may now have half-written KV: end them and drop
+            # every cache key that could point at it, then keep serving the rest.
+            logger.exception("model step failed; aborting its %d requests", len(step.chunks))
+            for chunk in step.chunks:
+                self.scheduler.finish_request(chunk.request, RequestStatus.FINISHED_ABORTED)
+                self.outputs.on_finished(chunk.request)
+            self.kv_cache.pool.reset_prefix_cache()
+            return
+        for child_id, logprobs in result.prompt_logprobs.items():
+            self.outputs.on_prompt_logprobs(child_id, logprobs)
+        finished = self.scheduler.update_from_output(step, result.sampled_token_ids)
+        finished_ids = {r.request_id for r in finished}
+        for chunk in step.chunks:
+            request = chunk.request
+            token_id = result.sampled_token_ids.get(request.request_id)
+            if token_id is None:
+                continue
+            stop = self.outputs.on_token(request.request_id, token_id, result.logprobs.get(request.request_id))
+            if stop is not None:
+                # A stop string wins over a length limit reached on the same token.
+                if request.is_finished:
+                    request.status = RequestStatus.FINISHED_STOPPED
+                else:
+                    self.scheduler.finish_request(request, RequestStatus.FINISHED_STOPPED)
+                self.outputs.on_finished(request, stop)
+            elif request.request_id in finished_ids:
+                self.outputs.on_finished(request)
+
+    # -- introspection -------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        pool = self.kv_cache.pool
+        prefix = self.kv_cache.stats
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            num_free_blocks=pool.num_free_blocks,
+            num_total_blocks=pool.num_blocks,
+            kv_cache_usage=pool.usage,
+            prefix_cache_hit_rate=prefix.hit_rate,
+            prefix_cache_hit_tokens=prefix.hit_tokens,
+            prefix_cache_queried_tokens=prefix.queried_tokens,
+            num_preemptions=self.scheduler.num_preemptions,
+        )
