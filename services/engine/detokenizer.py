@@ -12,12 +12,13 @@ produced is new. Text is held back while it ends in U+FFFD, the mark of an
 unfinished character.
 
 This is the scheme of ``tokenizers.decoders.DecodeStream``; it is written out
-here because the engine needs three things that class cannot do: start from a
-prompt that ends mid-character (it raises on the first token), ``flush`` a
-sequence that ends mid-character, and carry on when a decoder rewrites text it
-already produced (byte-fallback decoders do that on invalid byte runs). The
-cost is about the same: one Rust decode of a few tokens per token, two when
-text is emitted.
+here because the engine needs three things that class does not do: start
+from a prompt that ends mid-character (with byte-level BPE it then repeats
+prompt text in the output), ``flush`` a sequence that ends mid-character, and
+carry on when a decoder rewrites text it already produced (byte-fallback
+decoders do that on invalid byte runs; DecodeStream raises). The cost is one
+Rust decode of a few tokens per token, two when text is emitted: a few
+microseconds, about twice DecodeStream's.
 
 ``clean_up_tokenization_spaces`` is not applied: transformers 5 ignores it for
 BPE models, which is what the supported LLM tokenizers are.
