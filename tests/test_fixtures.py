@@ -281,20 +281,26 @@ def test_greedy_outputs_are_varied_with_clear_argmax(tiny_checkpoints: dict[str,
     assert min(gaps) > 1e-5  # comfortably above float32 rounding of the logits
 
 
-def test_hf_greedy_ignores_eos(tiny_llama: Path, tmp_path: Path) -> None:
+def test_hf_greedy_ignores_eos_and_generation_config(tiny_llama: Path, tmp_path: Path) -> None:
     prompts = make_prompts(AutoTokenizer.from_pretrained(tiny_llama), 2, random.Random(1))
-    outputs = hf_greedy(tiny_llama, prompts, 16)
+    outputs = hf_greedy(tiny_llama, prompts, 48)
+    # The repetition penalty below only bites if greedy repeats some token.
+    assert any(len(set(output)) < len(output) for output in outputs)
 
-    # Make a token greedy emits early the checkpoint's EOS: generation must
-    # neither stop there nor steer around it.
-    eos_checkpoint = tmp_path / "eos"
-    shutil.copytree(tiny_llama, eos_checkpoint)
+    # Make a token greedy emits early the checkpoint's EOS, and ship settings
+    # that generate() would otherwise apply even to greedy decoding: the
+    # oracle must neither stop at EOS nor steer around it or repeated tokens.
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_llama, edited)
     new_eos = outputs[0][2]
-    for name in ("config.json", "generation_config.json"):
-        settings = json.loads((eos_checkpoint / name).read_text())
-        settings["eos_token_id"] = new_eos
-        (eos_checkpoint / name).write_text(json.dumps(settings))
-    assert hf_greedy(eos_checkpoint, prompts, 16) == outputs
+    config = json.loads((edited / "config.json").read_text())
+    config["eos_token_id"] = new_eos
+    (edited / "config.json").write_text(json.dumps(config))
+    generation = json.loads((edited / "generation_config.json").read_text())
+    generation.update(eos_token_id=new_eos, repetition_penalty=100.0, min_new_tokens=48)
+    (edited / "generation_config.json").write_text(json.dumps(generation))
+
+    assert hf_greedy(edited, prompts, 48) == outputs
 
 
 def test_hf_logprobs_are_normalized_and_prefix_consistent(tiny_llama: Path) -> None:

@@ -50,7 +50,8 @@ def _gguf_name(hf_name: str) -> str:
 
 def _llama_cpp_permute(tensor: torch.Tensor, heads: int) -> torch.Tensor:
     rows = tensor.shape[0]
-    return tensor.reshape(heads, 2, rows // heads // 2, *tensor.shape[1:]).transpose(1, 2).reshape(tensor.shape)
+    grouped = tensor.reshape(heads, 2, rows // heads // 2, *tensor.shape[1:])
+    return grouped.transpose(1, 2).reshape(tensor.shape)
 
 
 def _write_gguf(model: PreTrainedModel, arch: str, path: Path, matrix_dtype: np.dtype) -> None:
@@ -99,7 +100,11 @@ def _write_gguf(model: PreTrainedModel, arch: str, path: Path, matrix_dtype: np.
     ],
 )
 def test_gguf_round_trip(
-    tmp_path: Path, tiny_checkpoints: dict[str, Path], arch: str, matrix_dtype: np.dtype, expected_dtype: torch.dtype
+    tmp_path: Path,
+    tiny_checkpoints: dict[str, Path],
+    arch: str,
+    matrix_dtype: np.dtype,
+    expected_dtype: torch.dtype,
 ) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoints[arch], dtype=torch.float32)
     path = tmp_path / f"{arch}.gguf"
@@ -162,6 +167,7 @@ def test_llama3_rope_recovered_from_rope_freqs(factor: float, head_dim: int, the
     plain = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     divisors = (plain / scaled).double().numpy()
     assert rope_parameters_from_freq_factors(divisors, head_dim, theta) == rope
-    assert rope_parameters_from_freq_factors(np.ones(head_dim // 2), head_dim, theta)["rope_type"] == "default"
+    unscaled = rope_parameters_from_freq_factors(np.ones(head_dim // 2), head_dim, theta)
+    assert unscaled["rope_type"] == "default"
     with pytest.raises(UnsupportedArchitectureError, match="rope_freqs"):
         rope_parameters_from_freq_factors(divisors[::-1].copy(), head_dim, theta)

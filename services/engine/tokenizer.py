@@ -88,7 +88,9 @@ def _behaviour(tokenizer: PreTrainedTokenizerBase) -> dict:
         "vocab_size": len(tokenizer),
         "special_tokens": tokenizer.special_tokens_map,
         "special_ids": sorted(tokenizer.all_special_ids),
-        "ids": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id],
+        "ids": [
+            tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id
+        ],
         "chat_template": tokenizer.chat_template,
         "chat": chat,
     }
