@@ -1,8 +1,9 @@
 """The one place that decides which kernel implementation runs.
 
 A backend is a module exposing the functions of :mod:`kernels.reference`
-(``rms_norm``, ``apply_rope``, ``silu_and_mul``, ``write_kv_cache``,
-``paged_attention``) with the same signatures. The model asks once, at build
+(``linear``, ``prepare_linear_weight``, ``rms_norm``, ``apply_rope``,
+``silu_and_mul``, ``write_kv_cache``, ``paged_attention``) with the same
+signatures. The model asks once, at build
 time, so no per-call dispatch cost lands on the hot path.
 """
 
@@ -18,6 +19,7 @@ import torch
 # import GPU code.
 _BACKEND_MODULES = {
     "torch": "kernels.reference",
+    "cpu": "kernels.cpu",
 }
 
 
@@ -35,6 +37,8 @@ def backend_name_for(device: torch.device) -> str:
         return forced
     if device.type == "cuda" and "triton" in _BACKEND_MODULES:
         return "triton"
+    if device.type == "cpu":
+        return "cpu"
     return "torch"
 
 

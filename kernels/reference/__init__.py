@@ -2,8 +2,17 @@
 
 from kernels.reference.activation import silu_and_mul
 from kernels.reference.kv_cache import write_kv_cache
+from kernels.reference.linear import linear, prepare_linear_weight
 from kernels.reference.paged_attention import paged_attention
 from kernels.reference.rms_norm import rms_norm
 from kernels.reference.rope import apply_rope
 
-__all__ = ["apply_rope", "paged_attention", "rms_norm", "silu_and_mul", "write_kv_cache"]
+__all__ = [
+    "apply_rope",
+    "linear",
+    "paged_attention",
+    "prepare_linear_weight",
+    "rms_norm",
+    "silu_and_mul",
+    "write_kv_cache",
+]

@@ -123,6 +123,9 @@ class OutputProcessor:
         parent.changed = True
         sample.finish_reason = child.status.finish_reason
         sample.stop_reason = stop_string if stop_string is not None else child.stop_reason
+        if stop_string is None:
+            # Bytes of a character the sample never finished: decode() shows them too.
+            sample.text += sample.detokenizer.flush()
         if parent.finished:
             parent.metrics.finished_time = time.monotonic()
 

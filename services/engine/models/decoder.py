@@ -84,15 +84,24 @@ class DecoderShape:
 
 
 class Linear(nn.Module):
-    """``y = x W^T + b`` with uninitialised storage: weights always come from a checkpoint."""
+    """``y = x W^T + b`` with uninitialised storage: weights always come from a checkpoint.
 
-    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+    After loading, :meth:`prepare` lets the backend keep a repacked copy of the
+    weight (oneDNN's blocked layout on CPU) that its ``linear`` op uses.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, ops: ModuleType) -> None:
         super().__init__()
+        self.ops = ops
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        self.prepared: torch.Tensor | None = None
+
+    def prepare(self) -> None:
+        self.prepared = self.ops.prepare_linear_weight(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.ops.linear(x, self.weight, self.bias, self.prepared)
 
 
 def _norm_weight(size: int) -> nn.Parameter:
@@ -108,8 +117,8 @@ class Attention(nn.Module):
         self.kv_size = shape.num_kv_heads * shape.head_dim
         self.scale = shape.head_dim**-0.5
         self.eps = shape.rms_norm_eps
-        self.qkv_proj = Linear(shape.hidden_size, self.q_size + 2 * self.kv_size, shape.qkv_bias)
-        self.o_proj = Linear(self.q_size, shape.hidden_size, shape.o_bias)
+        self.qkv_proj = Linear(shape.hidden_size, self.q_size + 2 * self.kv_size, shape.qkv_bias, ops)
+        self.o_proj = Linear(self.q_size, shape.hidden_size, shape.o_bias, ops)
         self.q_norm = _norm_weight(shape.head_dim) if shape.qk_norm else None
         self.k_norm = _norm_weight(shape.head_dim) if shape.qk_norm else None
 
@@ -139,8 +148,8 @@ class MLP(nn.Module):
     def __init__(self, shape: DecoderShape, ops: ModuleType) -> None:
         super().__init__()
         self.ops = ops
-        self.gate_up_proj = Linear(shape.hidden_size, 2 * shape.intermediate_size, shape.mlp_bias)
-        self.down_proj = Linear(shape.intermediate_size, shape.hidden_size, shape.mlp_bias)
+        self.gate_up_proj = Linear(shape.hidden_size, 2 * shape.intermediate_size, shape.mlp_bias, ops)
+        self.down_proj = Linear(shape.intermediate_size, shape.hidden_size, shape.mlp_bias, ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
@@ -180,7 +189,10 @@ class DecoderLM(nn.Module):
         self.embed_tokens = nn.Parameter(torch.empty(shape.vocab_size, shape.hidden_size), requires_grad=False)
         self.layers = nn.ModuleList(DecoderLayer(shape, ops) for _ in range(shape.num_layers))
         self.norm = _norm_weight(shape.hidden_size)
-        self.lm_head = None if shape.tie_word_embeddings else Linear(shape.hidden_size, shape.vocab_size, False)
+        self.lm_head = Linear(shape.hidden_size, shape.vocab_size, False, ops)
+        if shape.tie_word_embeddings:
+            # One tensor under two names; named_parameters() lists it once.
+            self.lm_head.weight = self.embed_tokens
         self._config = config
         self._max_positions = max_positions
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -204,8 +216,7 @@ class DecoderLM(nn.Module):
         return self.ops.rms_norm(hidden, self.norm, self.shape.rms_norm_eps, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        return self.lm_head(hidden)
 
     # -- weights ---------------------------------------------------------------
 
@@ -214,3 +225,6 @@ class DecoderLM(nn.Module):
         from services.engine.models.weight_map import WeightMapper
 
         WeightMapper(self).load(weights)
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.prepare()

@@ -47,7 +47,7 @@ class WeightMapper:
             return "norm", None
         if name == "lm_head.weight":
             # Tied checkpoints sometimes still carry a copy of the embedding.
-            return (None if self.model.lm_head is None else ("lm_head.weight", None))
+            return None if self.model.shape.tie_word_embeddings else ("lm_head.weight", None)
         match = _LAYER.match(name)
         if match is None:
             raise ModelLoadError(f"unexpected tensor {name!r} in checkpoint")

@@ -1,0 +1,14 @@
+"""The CPU backend: the torch reference ops, with oneDNN prepacked weights for linear layers."""
+
+from kernels.cpu.linear import linear, prepare_linear_weight
+from kernels.reference import apply_rope, paged_attention, rms_norm, silu_and_mul, write_kv_cache
+
+__all__ = [
+    "apply_rope",
+    "linear",
+    "paged_attention",
+    "prepare_linear_weight",
+    "rms_norm",
+    "silu_and_mul",
+    "write_kv_cache",
+]
