@@ -20,6 +20,7 @@ import torch
 _BACKEND_MODULES = {
     "torch": "kernels.reference",
     "cpu": "kernels.cpu",
+    "triton": "kernels.triton",
 }
 
 

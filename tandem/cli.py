@@ -85,14 +85,37 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=None)
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
     gen.set_defaults(handler=_generate)
+
+    from tandem import mesh_cli
+
+    mesh_cli.add_serve_parser(commands, _add_engine_args)
+    mesh_cli.add_worker_parser(commands, "prefill", _add_engine_args, "prefill")
+    mesh_cli.add_worker_parser(commands, "decode", _add_engine_args, "decode")
+    mesh_cli.add_worker_parser(commands, "worker", _add_engine_args, None)
+    mesh_cli.add_router_parser(commands)
+    kvstore = commands.add_parser("kvstore", help="run the block registry", add_help=False)
+    kvstore.set_defaults(handler=_kvstore)
     return parser
 
 
+def _kvstore(args: argparse.Namespace) -> int:
+    from services.kvstore.cli import main as kvstore_main
+
+    return kvstore_main(args.kvstore_argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["kvstore"]:
+        # The kvstore owns its flags (services/kvstore/cli.py).
+        args = argparse.Namespace(log_level="WARNING", handler=_kvstore, kvstore_argv=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return args.handler(args)
+        if args.handler is _generate or args.handler is _kvstore:
+            return args.handler(args)
+        return args.handler(args, _engine_kwargs(args) if hasattr(args, "dtype") else {})
     except (TandemError, ValueError) as exc:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return 2

@@ -16,10 +16,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import time
+from collections.abc import Callable
 
-import torch
-
+from services.engine.block_exchange import BlockExchange
 from services.engine.config import EngineConfig
 from services.engine.errors import InvalidRequestError
 from services.engine.kv_cache_manager import KVCacheManager
@@ -28,7 +27,8 @@ from services.engine.model_runner import ModelRunner, num_kv_blocks_for_budget
 from services.engine.output_processor import OutputProcessor
 from services.engine.outputs import RequestOutput
 from services.engine.request import Request, RequestStatus
-from services.engine.request_validation import validate_prompt
+from services.engine.request_intake import PreparedRequest, build_children, prepare_request
+from services.engine.sampler import SampleLogprobs
 from services.engine.sampling_params import SamplingParams
 from services.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 
@@ -75,6 +75,9 @@ class LLMEngine:
         )
         self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, loaded.dtype, loaded.device)
         self.outputs = OutputProcessor(self.tokenizer)
+        self.blocks = BlockExchange(self.kv_cache, self.runner)
+        # Called on the engine thread after every step that ran the model.
+        self.step_listeners: list[Callable[[SchedulerOutput], None]] = []
         self._children: dict[str, list[Request]] = {}
         self._ids = itertools.count()
         logger.info(
@@ -88,6 +91,20 @@ class LLMEngine:
     def next_request_id(self) -> str:
         return str(next(self._ids))
 
+    def prepare_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        presampled_token_ids: list[int] | None = None,
+        presampled_logprobs: list[SampleLogprobs | None] | None = None,
+    ) -> PreparedRequest:
+        """Tokenize and validate without touching engine state (safe from any thread)."""
+        return prepare_request(
+            self.model_config, self.max_model_len, request_id, prompt, params,
+            presampled_token_ids, presampled_logprobs,
+        )
+
     def add_request(
         self,
         request_id: str,
@@ -95,33 +112,30 @@ class LLMEngine:
         params: SamplingParams | None = None,
     ) -> None:
         """Queue one request; raises an :class:`InvalidRequestError` subclass for bad input."""
-        params = params or SamplingParams()
-        if request_id in self._children:
-            raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        prompt_text = prompt if isinstance(prompt, str) else None
-        token_ids = self.tokenizer.encode(prompt, add_special_tokens=True) if isinstance(prompt, str) else list(prompt)
-        validate_prompt(token_ids, params, self.max_model_len, len(self.tokenizer), self.model_config.vocab_size)
-        params = self.model_config.with_extra_stop_tokens(params)
-        now = time.monotonic()
-        children = []
-        for index in range(params.n):
-            generator = None
-            if params.seed is not None:
-                generator = torch.Generator(device=self.device).manual_seed(params.seed + index)
-            children.append(
-                Request(
-                    request_id=f"{request_id}#{index}",
-                    prompt_token_ids=token_ids,
-                    sampling_params=params,
-                    eos_token_id=self.model_config.eos_token_id,
-                    arrival_time=now,
-                    generator=generator,
-                )
-            )
-        self._children[request_id] = children
-        self.outputs.add_parent(request_id, prompt_text, children)
+        self.add_prepared(self.prepare_request(request_id, prompt, params))
+
+    def add_prepared(self, prepared: PreparedRequest) -> None:
+        """Queue a prepared request (engine thread only)."""
+        if prepared.request_id in self._children:
+            raise InvalidRequestError(f"request id {prepared.request_id!r} is already in use")
+        children = build_children(prepared, self.model_config, self.device)
+        self._children[prepared.request_id] = children
+        self.outputs.add_parent(prepared.request_id, prepared.prompt, children)
         for child in children:
-            self.scheduler.add_request(child)
+            if self._accept_presampled(child, prepared):
+                self.scheduler.add_request(child)
+
+    def _accept_presampled(self, child: Request, prepared: PreparedRequest) -> bool:
+        """Append tokens sampled elsewhere as if this engine had; False if that ends the sample."""
+        for token_id, logprobs in zip(prepared.presampled_token_ids, prepared.presampled_logprobs):
+            child.append_output_token(token_id)
+            stop_string = self.outputs.on_token(child.request_id, token_id, logprobs)
+            status = RequestStatus.FINISHED_STOPPED if stop_string else self.scheduler.check_token_stop(child, token_id)
+            if status is not None:
+                child.status = status
+                self.outputs.on_finished(child, stop_string)
+                return False
+        return True
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request wherever it is; its blocks are freed before this returns."""
@@ -140,6 +154,8 @@ class LLMEngine:
         step = self.scheduler.schedule()
         if not step.is_empty:
             self._run(step)
+            for listener in self.step_listeners:
+                listener(step)
         outputs = []
         for parent in self.outputs.pop_changed():
             first = self._children[parent.request_id][0]

@@ -149,6 +149,17 @@ class Sampler:
         return generator
 
 
+def advance_generator(generator: torch.Generator, vocab_size: int, num_tokens: int) -> None:
+    """Consume the draws ``num_tokens`` sampled tokens would have taken from ``generator``.
+
+    Each random token takes exactly one float32 vector of ``vocab_size``
+    exponential draws; a worker continuing a sample another process started
+    skips those to stay on the same random stream.
+    """
+    for _ in range(num_tokens):
+        torch.empty(vocab_size, dtype=torch.float32, device=generator.device).exponential_(generator=generator)
+
+
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:
     """Apply the batch's repetition, frequency and presence penalties to float32 ``logits`` in place."""
     counts = batch.output_token_counts

@@ -181,13 +181,14 @@ class Scheduler:
                 continue
             token_id = sampled_token_ids[request.request_id]
             request.append_output_token(token_id)
-            status = self._check_token_stop(request, token_id)
+            status = self.check_token_stop(request, token_id)
             if status is not None:
                 self.finish_request(request, status)
                 finished.append(request)
         return finished
 
-    def _check_token_stop(self, request: Request, token_id: int) -> RequestStatus | None:
+    def check_token_stop(self, request: Request, token_id: int) -> RequestStatus | None:
+        """The finished status ``token_id`` (just appended) gives the request, if any."""
         params = request.sampling_params
         if request.num_output_tokens >= params.min_tokens:
             if not params.ignore_eos and token_id == request.eos_token_id:

@@ -1,0 +1,111 @@
+"""Rotary embedding (HF rotate-half layout) on q and k in one launch.
+
+One program per token rotates all its query and key heads, so the token's
+cos/sin rows are read once. Rounded like :func:`kernels.reference.apply_rope`:
+cos/sin cast to the activation dtype, each product and the sum rounded to it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rotate_heads(
+    x_ptr,  # [T, H, 2 * HALF] (this token's row is at x_ptr + token * stride_t)
+    out_ptr,  # [T, H, 2 * HALF] contiguous
+    token,
+    stride_t,
+    stride_h,
+    num_heads,
+    cos_lo,
+    cos_hi,
+    sin_lo,
+    sin_hi,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    heads = tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, HALF)
+    mask = (heads < num_heads)[:, None]
+    src = x_ptr + token * stride_t + heads[:, None] * stride_h + cols[None, :]
+    lo = tl.load(src, mask=mask, other=0.0)
+    hi = tl.load(src + HALF, mask=mask, other=0.0)
+    dtype = lo.dtype
+    lo_f, hi_f = lo.to(tl.float32), hi.to(tl.float32)
+    # rotate_half(x) = [-hi, lo]: out = x * cos + rotate_half(x) * sin, rounding each step.
+    out_lo = (lo_f * cos_lo).to(dtype).to(tl.float32) + (-hi_f * sin_lo).to(dtype).to(tl.float32)
+    out_hi = (hi_f * cos_hi).to(dtype).to(tl.float32) + (lo_f * sin_hi).to(dtype).to(tl.float32)
+    dst = out_ptr + token * num_heads * 2 * HALF + heads[:, None] * 2 * HALF + cols[None, :]
+    tl.store(dst, out_lo.to(dtype), mask=mask)
+    tl.store(dst + HALF, out_hi.to(dtype), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(
+    q_ptr,  # [T, Hq, D]
+    k_ptr,  # [T, Hkv, D]
+    q_out_ptr,  # [T, Hq, D] contiguous
+    k_out_ptr,  # [T, Hkv, D] contiguous
+    positions_ptr,  # [T] int64
+    cos_ptr,  # [max_positions, D] fp32
+    sin_ptr,  # [max_positions, D] fp32
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_cos,
+    num_q_heads,
+    num_k_heads,
+    HALF: tl.constexpr,
+    BLOCK_HQ: tl.constexpr,
+    BLOCK_HK: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    pos = tl.load(positions_ptr + token)
+    cols = tl.arange(0, HALF)
+    row = pos * stride_cos
+    dtype = q_ptr.dtype.element_ty
+    # The tables are cast to the activation dtype first, as HF does.
+    cos_lo = tl.load(cos_ptr + row + cols).to(dtype).to(tl.float32)[None, :]
+    cos_hi = tl.load(cos_ptr + row + HALF + cols).to(dtype).to(tl.float32)[None, :]
+    sin_lo = tl.load(sin_ptr + row + cols).to(dtype).to(tl.float32)[None, :]
+    sin_hi = tl.load(sin_ptr + row + HALF + cols).to(dtype).to(tl.float32)[None, :]
+    _rotate_heads(q_ptr, q_out_ptr, token, stride_qt, stride_qh, num_q_heads,
+                  cos_lo, cos_hi, sin_lo, sin_hi, HALF, BLOCK_HQ)
+    _rotate_heads(k_ptr, k_out_ptr, token, stride_kt, stride_kh, num_k_heads,
+                  cos_lo, cos_hi, sin_lo, sin_hi, HALF, BLOCK_HK)
+
+
+def apply_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q: [T, Hq, D], k: [T, Hkv, D] (strided views are fine), positions: [T] int64,
+    cos_cache/sin_cache: [max_positions, D] fp32. Returns new contiguous (q, k)."""
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    cos_cache, sin_cache = cos_cache.contiguous(), sin_cache.contiguous()
+    num_tokens, num_q_heads, head_dim = q.shape
+    half = head_dim // 2
+    if half & (half - 1):
+        raise ValueError(f"head_dim must be a power of two for the Triton RoPE kernel, got {head_dim}")
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    if num_tokens == 0:
+        return q_out, k_out
+    _rope_kernel[(num_tokens,)](
+        q, k, q_out, k_out, positions, cos_cache, sin_cache,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_cache.stride(0),
+        num_q_heads, k.shape[1],
+        HALF=half, BLOCK_HQ=triton.next_power_of_2(num_q_heads), BLOCK_HK=triton.next_power_of_2(k.shape[1]),
+        num_warps=4,
+    )
+    return q_out, k_out

@@ -1,0 +1,64 @@
+"""The whole mesh in one process: kvstore, one prefill and one decode worker, the router.
+
+Each part is a real gRPC server on a loopback port, exactly as in a multi-process
+deployment, so the embedded default exercises the same code paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from services.engine.config import EngineConfig
+from services.kvstore.server import serve_kvstore
+from services.router.server import RouterSettings, RunningRouter, start_router
+from services.worker.server import RunningWorker, WorkerConfig, start_worker
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KVSTORE_CAPACITY = 2 << 30
+
+
+@dataclass
+class EmbeddedMesh:
+    kvstore: Any
+    prefill: RunningWorker
+    decode: RunningWorker
+    router: RunningRouter
+
+    @property
+    def address(self) -> str:
+        return self.router.address
+
+    def stop(self) -> None:
+        self.router.stop()
+        self.decode.stop()
+        self.prefill.stop()
+        self.kvstore.stop()
+
+
+def start_embedded_mesh(
+    engine: EngineConfig,
+    router_listen: str = "127.0.0.1:0",
+    served_model_names: list[str] | None = None,
+    kvstore_capacity_bytes: int = DEFAULT_KVSTORE_CAPACITY,
+    disagg_min_tokens: int = 32,
+) -> EmbeddedMesh:
+    names = served_model_names or ["default"]
+    kvstore = serve_kvstore("127.0.0.1:0", capacity_bytes=kvstore_capacity_bytes)
+    prefill = start_worker(WorkerConfig(
+        role="prefill", kvstore=kvstore.address, worker_id="prefill-0", served_model_name=names[0],
+        engine=dataclasses.replace(engine),
+    ))
+    decode = start_worker(WorkerConfig(
+        role="decode", kvstore=kvstore.address, worker_id="decode-0", served_model_name=names[0],
+        engine=dataclasses.replace(engine),
+    ))
+    router = start_router(RouterSettings(
+        kvstore=kvstore.address, listen=router_listen, model=engine.model, served_model_names=names,
+        max_model_len=engine.max_model_len, disagg_min_tokens=disagg_min_tokens,
+    ))
+    router.pool.wait_until_ready(timeout=30)
+    return EmbeddedMesh(kvstore, prefill, decode, router)

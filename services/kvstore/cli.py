@@ -1,0 +1,101 @@
+"""``tandem kvstore``: run the block registry as a process.
+
+Every flag falls back to an environment variable (``TANDEM_KVSTORE_LISTEN``,
+``TANDEM_REDIS_URL``, ...), then to a default. The process prints
+``kvstore listening on HOST:PORT`` once it serves, and stops cleanly (payload
+segments unlinked, replica announced gone) on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+
+from services.kvstore.server import DEFAULT_REDIS_PREFIX, serve_kvstore
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_CAPACITY = "4GiB"
+_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
+
+
+def parse_bytes(text: str) -> int:
+    """``"1073741824"``, ``"512MiB"``, ``"8G"`` (decimal) or ``"8GiB"`` (binary) as a byte count."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r}")
+    value = float(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a byte size must be positive")
+    return int(value)
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def add_kvstore_arguments(parser: argparse.ArgumentParser) -> None:
+    """The kvstore's flags, for ``tandem kvstore`` and this module's ``main``."""
+    parser.add_argument("--listen", default=_env("TANDEM_KVSTORE_LISTEN", DEFAULT_LISTEN),
+                        help="host:port to serve on (env TANDEM_KVSTORE_LISTEN)")
+    parser.add_argument("--capacity-bytes", type=parse_bytes,
+                        default=_env("TANDEM_KVSTORE_CAPACITY_BYTES", DEFAULT_CAPACITY),
+                        help="payload memory, e.g. 8GiB (env TANDEM_KVSTORE_CAPACITY_BYTES)")
+    parser.add_argument("--redis-url", default=_env("TANDEM_REDIS_URL", None),
+                        help="keep metadata in Redis, e.g. redis://127.0.0.1:6379/0; in memory when absent "
+                        "(env TANDEM_REDIS_URL)")
+    parser.add_argument("--mesh", default=_env("TANDEM_MESH", "default"),
+                        help="mesh name; the Redis key prefix is tandem:{MESH}: (env TANDEM_MESH)")
+    parser.add_argument("--redis-prefix", default=_env("TANDEM_REDIS_PREFIX", None),
+                        help="explicit Redis key prefix, overriding --mesh (env TANDEM_REDIS_PREFIX)")
+    parser.add_argument("--replica-id", default=_env("TANDEM_KVSTORE_REPLICA_ID", None),
+                        help="this process's id among replicas sharing Redis; default host:port "
+                        "(env TANDEM_KVSTORE_REPLICA_ID)")
+    parser.add_argument("--lease-ttl-ms", type=int, default=int(_env("TANDEM_KVSTORE_LEASE_TTL_MS", "30000")),
+                        help="lease time when a client asks for 0 (env TANDEM_KVSTORE_LEASE_TTL_MS)")
+
+
+def redis_prefix_of(args: argparse.Namespace) -> str:
+    if args.redis_prefix:
+        return args.redis_prefix
+    return DEFAULT_REDIS_PREFIX.replace("{default}", "{" + args.mesh + "}")
+
+
+def run_kvstore(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT."""
+    server = serve_kvstore(
+        args.listen,
+        capacity_bytes=args.capacity_bytes,
+        metadata=args.redis_url or "memory",
+        redis_prefix=redis_prefix_of(args),
+        replica_id=args.replica_id,
+        default_lease_ttl_ms=args.lease_ttl_ms,
+    )
+
+    def _on_signal(signum: int, frame: object) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    print(f"kvstore listening on {server.address} (replica {server.replica_id})", flush=True)
+    while not server.wait(timeout=1.0):
+        pass  # wake regularly so the signal handler runs promptly
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tandem kvstore", description="the mesh's block registry")
+    add_kvstore_arguments(parser)
+    parser.add_argument("--log-level", default=_env("TANDEM_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_kvstore(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

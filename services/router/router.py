@@ -1,0 +1,218 @@
+"""One request through the mesh.
+
+Lifecycle of a sample:
+  1. hash the prompt's full blocks (the engine's chained sha256) and ask the
+     kvstore how many are cached;
+  2. if the uncached part is at least ``disagg_min_tokens`` and a prefill
+     worker is healthy, prefill there (it pulls the cached prefix, computes
+     the rest, publishes blocks and returns the first token); if prefill fails
+     or times out, fall through and let the decode worker prefill;
+  3. pick a decode worker and stream its deltas back;
+  4. on client cancel, cancel the downstream calls and send Abort to each
+     worker involved; a decode worker that dies ends the stream with
+     UNAVAILABLE.
+A request with ``n > 1`` runs ``n`` such samples concurrently (seed + index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.convert import sampling_to_proto
+from services.engine.block_hash import BlockHash, hash_full_blocks, root_block_hash
+from services.engine.sampling_params import SamplingParams
+from services.router.placement import BlockLocality, pick_decode, pick_prefill
+from services.router.worker_pool import WorkerHandle, WorkerPool
+from tandem._proto.tandem.v1 import common_pb2, router_pb2, worker_pb2
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RouterConfig:
+    disagg_min_tokens: int = 32
+    prefill_timeout_s: float = 60.0
+    block_size: int = 16
+    model_fingerprint: str = ""
+
+
+class RouterError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class SampleCall:
+    """The downstream calls of one sample, so a cancel can reach them."""
+
+    request_id: str
+    workers: list[WorkerHandle] = dataclasses.field(default_factory=list)
+    decode_call: grpc.Future | None = None
+    prefill_call: grpc.Future | None = None
+
+
+class Router:
+    def __init__(self, pool: WorkerPool, kvstore, config: RouterConfig) -> None:
+        self.pool = pool
+        self.kvstore = kvstore
+        self.config = config
+        self.root_hash = root_block_hash(config.model_fingerprint)
+        self.prefill_locality = BlockLocality()
+        self.decode_locality = BlockLocality()
+        self.counters: dict[str, int] = {"prefill_disaggregated": 0, "prefill_on_decode": 0, "prefill_fallbacks": 0}
+        self._active: dict[str, list[SampleCall]] = {}
+        self._lock = threading.Lock()
+
+    def block_hashes(self, token_ids: list[int]) -> list[BlockHash]:
+        return hash_full_blocks(token_ids, self.config.block_size, self.root_hash)
+
+    # -- one request -------------------------------------------------------------------
+
+    def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, cancelled: threading.Event
+    ) -> Iterator[router_pb2.GenerateResponse]:
+        calls = [SampleCall(f"{request_id}.{i}" if params.n > 1 else request_id) for i in range(params.n)]
+        with self._lock:
+            if request_id in self._active:
+                raise RouterError(grpc.StatusCode.ALREADY_EXISTS, f"request id {request_id!r} is in flight")
+            self._active[request_id] = calls
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        threads = []
+        for index, call in enumerate(calls):
+            sample_params = params
+            if params.n > 1:
+                seed = None if params.seed is None else params.seed + index
+                sample_params = dataclasses.replace(params, n=1, seed=seed)
+            thread = threading.Thread(
+                target=self._run_sample, args=(index, call, prompt_ids, sample_params, results), daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        try:
+            remaining = len(calls)
+            first = True
+            while remaining:
+                try:
+                    index, item = results.get(timeout=0.1)
+                except queue.Empty:
+                    if cancelled.is_set():
+                        raise RouterError(grpc.StatusCode.CANCELLED, "the client cancelled the request") from None
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    remaining -= 1
+                    continue
+                response = router_pb2.GenerateResponse(request_id=request_id, index=index, delta=item)
+                if first:
+                    response.num_prompt_tokens = len(prompt_ids)
+                    response.prompt_token_ids.extend(prompt_ids)
+                    first = False
+                yield response
+        finally:
+            if remaining:
+                self.abort(request_id)
+            with self._lock:
+                self._active.pop(request_id, None)
+
+    def abort(self, request_id: str) -> bool:
+        with self._lock:
+            calls = self._active.get(request_id, [])
+        for call in calls:
+            for future in (call.decode_call, call.prefill_call):
+                if future is not None:
+                    future.cancel()
+            for worker in call.workers:
+                for stub in (worker.decode, worker.prefill):
+                    if stub is not None:
+                        try:
+                            stub.Abort(common_pb2.AbortRequest(request_id=call.request_id), timeout=2.0)
+                        except grpc.RpcError:
+                            pass  # a dead worker freed everything with its process
+        return bool(calls)
+
+    # -- one sample ------------------------------------------------------------------------
+
+    def _run_sample(self, index: int, call: SampleCall, prompt_ids: list[int], params: SamplingParams,
+                    results: queue.SimpleQueue) -> None:
+        try:
+            for delta in self._sample(call, prompt_ids, params):
+                results.put((index, delta))
+            results.put((index, None))
+        except BaseException as exc:  # handed to the request's thread, which reports it
+            results.put((index, exc))
+
+    def _sample(self, call: SampleCall, prompt_ids: list[int], params: SamplingParams) -> Iterator[worker_pb2.TokenDelta]:
+        hashes = self.block_hashes(prompt_ids)
+        cached_blocks = self.kvstore.lookup(hashes) if hashes else 0
+        uncached = len(prompt_ids) - cached_blocks * self.config.block_size
+        sampling = sampling_to_proto(params)
+        decode_request = worker_pb2.DecodeRequest(
+            request_id=call.request_id, prompt_token_ids=prompt_ids, sampling=sampling, block_hashes=hashes
+        )
+        if uncached >= self.config.disagg_min_tokens:
+            first = self._prefill(call, prompt_ids, sampling, hashes)
+            if first is not None:
+                decode_request.first_token_id = first.first_token_id
+                if first.HasField("first_logprob"):
+                    decode_request.first_logprob.CopyFrom(first.first_logprob)
+        if not decode_request.HasField("first_token_id"):
+            self.counters["prefill_on_decode"] += 1
+        yield from self._decode(call, decode_request, hashes)
+
+    def _prefill(self, call: SampleCall, prompt_ids: list[int], sampling: common_pb2.SamplingParams,
+                 hashes: list[BlockHash]) -> worker_pb2.PrefillResponse | None:
+        worker = pick_prefill(self.pool.healthy("prefill"), hashes, self.prefill_locality)
+        if worker is None:
+            return None
+        call.workers.append(worker)
+        worker.in_flight += 1
+        try:
+            call.prefill_call = worker.prefill.Prefill.future(
+                worker_pb2.PrefillRequest(request_id=call.request_id, prompt_token_ids=prompt_ids, sampling=sampling),
+                timeout=self.config.prefill_timeout_s,
+            )
+            response = call.prefill_call.result()
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise RouterError(exc.code(), exc.details()) from None
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                raise RouterError(grpc.StatusCode.CANCELLED, "the request was cancelled") from None
+            logger.warning("prefill on %s failed (%s); the decode worker prefills", worker.worker_id, exc.code())
+            self.counters["prefill_fallbacks"] += 1
+            return None
+        finally:
+            worker.in_flight -= 1
+        self.counters["prefill_disaggregated"] += 1
+        self.prefill_locality.record(hashes, worker.worker_id)
+        return response
+
+    def _decode(self, call: SampleCall, request: worker_pb2.DecodeRequest,
+                hashes: list[BlockHash]) -> Iterator[worker_pb2.TokenDelta]:
+        max_tokens = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 256
+        blocks_needed = -(-(len(request.prompt_token_ids) + max_tokens) // self.config.block_size)
+        worker = pick_decode(self.pool.healthy("decode"), hashes, self.decode_locality, blocks_needed)
+        if worker is None:
+            raise RouterError(grpc.StatusCode.UNAVAILABLE, "no decode worker is available")
+        call.workers.append(worker)
+        worker.in_flight += 1
+        self.decode_locality.record(hashes, worker.worker_id)
+        try:
+            call.decode_call = stream = worker.decode.Decode(request)
+            yield from stream
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.CANCELLED):
+                raise RouterError(exc.code(), exc.details()) from None
+            raise RouterError(
+                grpc.StatusCode.UNAVAILABLE, f"decode worker {worker.worker_id} failed: {exc.code().name}"
+            ) from None
+        finally:
+            worker.in_flight -= 1

@@ -1,0 +1,133 @@
+"""An engine attached to the block registry: what prefill and decode workers share.
+
+Lifecycle of a request on a worker:
+  1. ``fetch_prefix``: hash the prompt's full blocks, count those already in
+     the local cache, lease the next ones from the kvstore, pull their
+     payloads (checksums verified), release the lease, and write them into
+     the local cache as prefix hits. A missing or corrupt block only means
+     that part of the prompt is recomputed.
+  2. The request runs in the engine (``AsyncEngine``).
+  3. Requests marked for publishing have every full block the engine finishes
+     copied out after the step and put to the kvstore by a publisher thread,
+     while later chunks of the prompt are still computing.
+  4. ``wait_published`` returns once every block of a request is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from services.engine.async_engine import AsyncEngine
+from services.engine.block_hash import BlockHash
+from services.engine.kv_transfer import ExportedBlock
+from services.engine.scheduler import SchedulerOutput
+from services.kvstore.client import BlockMiss, BlockPayload, KvStoreClient
+
+logger = logging.getLogger(__name__)
+
+# A lease only has to outlive one pull; if the worker dies mid-pull the store
+# reclaims the blocks after this long.
+PULL_LEASE_TTL_MS = 30_000
+
+
+@dataclass
+class PrefixFetch:
+    block_hashes: list[BlockHash]
+    num_local_blocks: int  # already cached here before the fetch
+    num_pulled_blocks: int  # brought in from the registry
+    num_missing_blocks: int  # registry claimed them but could not serve them
+
+
+class EngineWorker:
+    def __init__(self, worker_id: str, engine: AsyncEngine, kvstore: KvStoreClient | None) -> None:
+        self.worker_id = worker_id
+        self.engine = engine
+        self.kvstore = kvstore
+        self.blocks = engine.engine.blocks
+        self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{worker_id}-publish")
+        self._publishing: set[str] = set()  # child request ids whose blocks are published
+        self._pending: dict[str, list[Future[None]]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self.counters = defaultdict(int)
+        engine.engine.step_listeners.append(self._after_step)
+
+    # -- pulling -------------------------------------------------------------------
+
+    def fetch_prefix(self, request_id: str, token_ids: list[int]) -> PrefixFetch:
+        hashes = self.blocks.chain_hashes(token_ids)
+        # The last prompt token is always recomputed, so its block never needs pulling.
+        usable = hashes[: (len(token_ids) - 1) // self.blocks.kv_cache.block_size]
+        local = self.engine.call(lambda e: e.blocks.count_local(usable))
+        fetch = PrefixFetch(hashes, local, 0, 0)
+        if self.kvstore is None or local >= len(usable):
+            return fetch
+        wanted = usable[local:]
+        lease = self.kvstore.acquire(wanted, holder_id=f"{self.worker_id}/{request_id}", ttl_ms=PULL_LEASE_TTL_MS)
+        try:
+            if lease.num_acquired == 0:
+                return fetch
+            items = self.kvstore.get_blocks(lease, wanted[: lease.num_acquired])
+        finally:
+            if lease.lease_id:
+                self.kvstore.release(lease)
+        payloads = []
+        for item in items:
+            if isinstance(item, BlockMiss):
+                fetch.num_missing_blocks += 1
+                break
+            payloads.append(item.data)
+        if payloads:
+            now_local = self.engine.call(lambda e: e.blocks.preload(wanted[: len(payloads)], payloads))
+            fetch.num_pulled_blocks = max(0, now_local - local)
+        self.counters["pulled_blocks"] += fetch.num_pulled_blocks
+        self.counters["missing_blocks"] += fetch.num_missing_blocks
+        return fetch
+
+    # -- publishing ----------------------------------------------------------------
+
+    def publish(self, child_request_id: str) -> None:
+        with self._lock:
+            self._publishing.add(child_request_id)
+
+    def wait_published(self, child_request_id: str, timeout: float = 60.0) -> None:
+        """Block until every block of the request is stored; raises if a put failed."""
+        with self._lock:
+            self._publishing.discard(child_request_id)
+            pending = self._pending.pop(child_request_id, [])
+        done, not_done = wait(pending, timeout=timeout)
+        if not_done:
+            raise TimeoutError(f"{len(not_done)} block puts did not finish in {timeout} s")
+        for future in done:
+            future.result()
+
+    def _after_step(self, step: SchedulerOutput) -> None:
+        if self.kvstore is None:
+            return
+        with self._lock:
+            ids = set(self._publishing)
+        if not ids:
+            return
+        exported = self.blocks.computed_in(step, ids)
+        by_request: dict[str, list[ExportedBlock]] = defaultdict(list)
+        owner = {h: c.request.request_id for c in step.chunks for h in c.request.block_hashes}
+        for block in exported:
+            by_request[owner[block.block_hash]].append(block)
+        for request_id, blocks in by_request.items():
+            future = self._publisher.submit(self._put, blocks)
+            with self._lock:
+                self._pending[request_id].append(future)
+
+    def _put(self, blocks: list[ExportedBlock]) -> None:
+        assert self.kvstore is not None
+        layout = self.blocks.layout
+        self.kvstore.put_blocks(
+            [BlockPayload(b.block_hash, b.parent_hash or b"", layout, b.payload) for b in blocks]
+        )
+        self.counters["published_blocks"] += len(blocks)
+
+    def close(self) -> None:
+        self._publisher.shutdown(wait=True)

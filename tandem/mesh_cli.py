@@ -1,0 +1,112 @@
+"""``tandem kvstore | prefill | decode | worker | router | serve``: one service per process.
+
+Every flag falls back to an environment variable (``--kvstore`` to
+``TANDEM_KVSTORE``, ``--listen`` to ``TANDEM_LISTEN``, and so on), so a
+container needs no command-line changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+
+logger = logging.getLogger(__name__)
+
+
+def env_default(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"TANDEM_{name.upper().replace('-', '_')}", default)
+
+
+def wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def add_worker_parser(commands: argparse._SubParsersAction, name: str, add_engine_args, role: str | None) -> None:
+    parser = commands.add_parser(name, help=f"run a {role or 'prefill/decode'} worker")
+    add_engine_args(parser)
+    parser.add_argument("--listen", default=env_default("listen", "127.0.0.1:0"))
+    parser.add_argument("--kvstore", default=env_default("kvstore"), help="kvstore address (host:port)")
+    parser.add_argument("--kv-transport", default=env_default("kv_transport", "grpc"), choices=["grpc", "shm"])
+    parser.add_argument("--worker-id", default=env_default("worker_id"))
+    parser.add_argument("--served-model-name", default=env_default("served_model_name", "default"))
+    if role is None:
+        parser.add_argument("--role", default=env_default("role", "both"), choices=["prefill", "decode", "both"])
+    parser.set_defaults(handler=run_worker, fixed_role=role)
+
+
+def run_worker(args: argparse.Namespace, engine_kwargs: dict) -> int:
+    from services.engine.config import EngineConfig
+    from services.worker.server import WorkerConfig, start_worker
+
+    config = WorkerConfig(
+        role=args.fixed_role or args.role,
+        listen=args.listen,
+        kvstore=args.kvstore,
+        kv_transport=args.kv_transport,
+        served_model_name=args.served_model_name,
+        engine=EngineConfig(model=args.model, **engine_kwargs),
+    )
+    if args.worker_id:
+        config.worker_id = args.worker_id
+    worker = start_worker(config)
+    print(f"tandem {config.role} worker {config.worker_id} listening on {worker.address}", flush=True)
+    wait_for_signal()
+    worker.stop()
+    return 0
+
+
+def add_router_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("router", help="run the router")
+    parser.add_argument("--model", default=env_default("model"), help="checkpoint for the tokenizer (default model if unset)")
+    parser.add_argument("--listen", default=env_default("listen", "127.0.0.1:50051"))
+    parser.add_argument("--kvstore", default=env_default("kvstore"), required=env_default("kvstore") is None)
+    parser.add_argument("--prefill", action="append", default=[], help="static prefill worker address (repeatable)")
+    parser.add_argument("--decode", action="append", default=[], help="static decode worker address (repeatable)")
+    parser.add_argument("--served-model-name", action="append", default=None)
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--disagg-min-tokens", type=int, default=int(env_default("disagg_min_tokens", "32")))
+    parser.set_defaults(handler=run_router)
+
+
+def run_router(args: argparse.Namespace, engine_kwargs: dict) -> int:
+    from services.router.server import RouterSettings, start_router
+
+    peers = [(a, "prefill") for a in args.prefill] + [(a, "decode") for a in args.decode]
+    router = start_router(RouterSettings(
+        kvstore=args.kvstore, listen=args.listen, model=args.model,
+        served_model_names=args.served_model_name or ["default"], max_model_len=args.max_model_len,
+        peers=peers, disagg_min_tokens=args.disagg_min_tokens,
+    ))
+    print(f"tandem router listening on {router.address}", flush=True)
+    wait_for_signal()
+    router.stop()
+    return 0
+
+
+def add_serve_parser(commands: argparse._SubParsersAction, add_engine_args) -> None:
+    parser = commands.add_parser("serve", help="run the whole mesh in this process (the embedded default)")
+    add_engine_args(parser)
+    parser.add_argument("--listen", default=env_default("listen", "127.0.0.1:50051"), help="router gRPC address")
+    parser.add_argument("--served-model-name", action="append", default=None)
+    parser.add_argument("--disagg-min-tokens", type=int, default=int(env_default("disagg_min_tokens", "32")))
+    parser.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace, engine_kwargs: dict) -> int:
+    from services.embedded_mesh import start_embedded_mesh
+    from services.engine.config import EngineConfig
+
+    mesh = start_embedded_mesh(
+        EngineConfig(model=args.model, **engine_kwargs), router_listen=args.listen,
+        served_model_names=args.served_model_name, disagg_min_tokens=args.disagg_min_tokens,
+    )
+    print(f"tandem mesh ready: router on {mesh.address}", flush=True)
+    wait_for_signal()
+    mesh.stop()
+    return 0
