@@ -45,15 +45,24 @@ def start_embedded_mesh(
     served_model_names: list[str] | None = None,
     kvstore_capacity_bytes: int = DEFAULT_KVSTORE_CAPACITY,
     disagg_min_tokens: int = 32,
+    kv_transport: str = "grpc",
+    kvstore_metadata: str = "memory",
+    kvstore_redis_prefix: str | None = None,
 ) -> EmbeddedMesh:
+    """Start every part on loopback; ``kvstore_metadata`` is "memory" or a ``redis://`` URL."""
     names = served_model_names or ["default"]
-    kvstore = serve_kvstore("127.0.0.1:0", capacity_bytes=kvstore_capacity_bytes)
+    extra = {"redis_prefix": kvstore_redis_prefix} if kvstore_redis_prefix else {}
+    kvstore = serve_kvstore(
+        "127.0.0.1:0", capacity_bytes=kvstore_capacity_bytes, metadata=kvstore_metadata, **extra
+    )
     prefill = start_worker(WorkerConfig(
         role="prefill", kvstore=kvstore.address, worker_id="prefill-0", served_model_name=names[0],
+        kv_transport=kv_transport,
         engine=dataclasses.replace(engine),
     ))
     decode = start_worker(WorkerConfig(
         role="decode", kvstore=kvstore.address, worker_id="decode-0", served_model_name=names[0],
+        kv_transport=kv_transport,
         engine=dataclasses.replace(engine),
     ))
     router = start_router(RouterSettings(

@@ -8,6 +8,9 @@ import pytest
 
 from tests.fixtures.tiny_models import TINY_ARCHS, build_tiny_checkpoint
 
+# Fixtures of the kvstore tests: a real Redis, in-process stores, the shm leak check.
+pytest_plugins = ["tests.redis_server", "tests.kvstore_helpers"]
+
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

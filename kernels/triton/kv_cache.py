@@ -22,18 +22,17 @@ def _write_kv_cache_kernel(
     stride_token,
     stride_head,
     num_heads,
-    head_dim,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:
         return
     heads = tl.arange(0, BLOCK_H)[:, None]
-    cols = tl.arange(0, BLOCK_D)[None, :]
-    mask = (heads < num_heads) & (cols < head_dim)
+    cols = tl.arange(0, HEAD_DIM)[None, :]
+    mask = heads < num_heads  # per row only, so each row moves as 16-byte vectors
     # int64 throughout: slot // BLOCK_SIZE * stride_block passes 2^31 in a large cache.
     dst = (slot // BLOCK_SIZE) * stride_block + (slot % BLOCK_SIZE) * stride_token + heads * stride_head + cols
     k = tl.load(key_ptr + token * stride_kt + heads * stride_kh + cols, mask=mask)
@@ -57,13 +56,15 @@ def write_kv_cache(
     if value.stride(-1) != 1:
         value = value.contiguous()
     num_tokens, num_heads, head_dim = key.shape
+    if head_dim & (head_dim - 1):
+        raise ValueError(f"head_dim must be a power of two for the Triton KV-cache write, got {head_dim}")
     if num_tokens == 0:
         return
     _write_kv_cache_kernel[(num_tokens,)](
         key, value, key_cache, value_cache, slot_mapping,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        num_heads, head_dim,
-        BLOCK_SIZE=key_cache.shape[1], BLOCK_H=triton.next_power_of_2(num_heads),
-        BLOCK_D=triton.next_power_of_2(head_dim), num_warps=4,
+        num_heads,
+        BLOCK_SIZE=key_cache.shape[1], BLOCK_H=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim,
+        num_warps=4,
     )

@@ -106,6 +106,7 @@ def apply_rope(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_cache.stride(0),
         num_q_heads, k.shape[1],
         HALF=half, BLOCK_HQ=triton.next_power_of_2(num_q_heads), BLOCK_HK=triton.next_power_of_2(k.shape[1]),
-        num_warps=4,
+        # No FMA contraction: the reference rounds each product before the add.
+        num_warps=4, enable_fp_fusion=False,
     )
     return q_out, k_out

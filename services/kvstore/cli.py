@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from services.kvstore.server import DEFAULT_REDIS_PREFIX, serve_kvstore
@@ -77,14 +78,19 @@ def run_kvstore(args: argparse.Namespace) -> int:
         default_lease_ttl_ms=args.lease_ttl_ms,
     )
 
+    stop_signals: list[int] = []
+
     def _on_signal(signum: int, frame: object) -> None:
-        server.stop()
+        # Only record it: a handler runs on the main thread between bytecodes,
+        # possibly while that thread holds a lock stop() would need.
+        stop_signals.append(signum)
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     print(f"kvstore listening on {server.address} (replica {server.replica_id})", flush=True)
-    while not server.wait(timeout=1.0):
-        pass  # wake regularly so the signal handler runs promptly
+    while not stop_signals:
+        time.sleep(0.1)
+    server.stop()
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import grpc
 
@@ -51,7 +51,7 @@ class EventWatch:
     def cancel(self) -> None:
         self._call.cancel()
 
-    def __enter__(self) -> EventWatch:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -155,7 +155,7 @@ class KvStoreClient:
         self.transport.close()
         self._channel.close()
 
-    def __enter__(self) -> KvStoreClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -8,8 +8,14 @@ from dataclasses import dataclass, field
 import torch
 
 from services.kvstore.errors import InvalidBlockError
-from services.kvstore.layout import BlockLayout, LayoutLike, ModelIdentity, layout_from_proto, layout_to_proto
-from services.kvstore.layout import layout_size_bytes
+from services.kvstore.layout import (
+    BlockLayout,
+    LayoutLike,
+    ModelIdentity,
+    layout_from_proto,
+    layout_size_bytes,
+    layout_to_proto,
+)
 from tandem._proto.tandem.v1 import kvstore_pb2
 
 ROLES = {

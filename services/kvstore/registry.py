@@ -27,8 +27,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from services.kvstore.errors import CorruptPayloadError, InvalidBlockError, LeaseNotFoundError, MeshMismatchError
-from services.kvstore.errors import StoreFullError
+from services.kvstore.errors import (
+    CorruptPayloadError,
+    InvalidBlockError,
+    LeaseNotFoundError,
+    MeshMismatchError,
+    StoreFullError,
+)
 from services.kvstore.event_feed import EventFeed
 from services.kvstore.layout import HASH_BYTES, layout_mismatches, layout_size_bytes
 from services.kvstore.leases import LeaseTable

@@ -18,6 +18,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Self
 
 from grpc_health.v1 import health_pb2
 
@@ -91,7 +92,7 @@ class KvStoreServer:
         """Block until ``stop`` was called; False on timeout."""
         return self._stopped.wait(timeout)
 
-    def __enter__(self) -> KvStoreServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -26,6 +26,7 @@ SHM_DIR = Path("/dev/shm")
 # What a peer may name in a ShmRef: no path separators, only our own segments.
 _VALID_NAME = re.compile(r"^tandem-[A-Za-z0-9_.-]{1,200}$")
 _counter = itertools.count()
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 
 
 class ShmError(OSError):
@@ -67,7 +68,9 @@ class ShmSegment:
             raise ShmError(exc.errno, f"cannot create shared memory {path}: {exc.strerror}") from exc
         try:
             os.posix_fallocate(fd, 0, size)
-            mapping = mmap.mmap(fd, size)
+            # Populating the page tables now moves the page faults of the first
+            # writes (a third of a put's time on a fresh segment) to creation.
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE)
         except OSError as exc:
             os.unlink(path)
             raise ShmError(exc.errno, f"cannot reserve {size} bytes of shared memory: {exc.strerror}") from exc

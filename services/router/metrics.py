@@ -10,9 +10,11 @@ in tests); ``render`` is what an HTTP ``/metrics`` endpoint serves.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.router.admission import AdmissionController
+from services.router.worker_pool import WorkerPool
+from tandem._proto.tandem.v1 import common_pb2
 
 # Seconds; spans a tiny CPU model's milliseconds to a long prompt's minutes.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -79,16 +81,17 @@ class RouterMetrics:
         self.prefix_cache_queries.inc(prompt_tokens)
         self.prefix_cache_hits.inc(cached_tokens)
 
-    def bind_sources(
-        self,
-        kv_usage: Callable[[], float],
-        waiting: Callable[[], float],
-        throughput: Callable[[], float],
-        healthy: Callable[[str], float],
-    ) -> None:
-        """Attach the scrape-time readers of the gauges that mirror other objects' state."""
-        self.kv_cache_usage.set_function(kv_usage)
-        self.num_requests_waiting.set_function(waiting)
-        self.prefill_throughput.set_function(throughput)
+    def bind_sources(self, pool: WorkerPool, admission: AdmissionController) -> None:
+        """Read the gauges that mirror the worker pool and the admission queue at scrape time."""
+        self.kv_cache_usage.set_function(lambda: kv_cache_usage(pool.healthy_loads()))
+        self.num_requests_waiting.set_function(lambda: admission.num_queued)
+        self.prefill_throughput.set_function(lambda: admission.prefill_tokens_per_s or 0.0)
         for role in ("prefill", "decode"):
-            self.healthy_workers.labels(role).set_function(lambda role=role: healthy(role))
+            self.healthy_workers.labels(role).set_function(lambda role=role: len(pool.healthy(role)))
+
+
+def kv_cache_usage(loads: list[common_pb2.WorkerLoad]) -> float:
+    """Fraction of all the workers' KV blocks that are in use."""
+    total = sum(load.num_total_kv_blocks for load in loads)
+    free = sum(load.num_free_kv_blocks for load in loads)
+    return 1.0 - free / total if total else 0.0

@@ -12,6 +12,8 @@ Lifecycle of a sample:
      worker involved; a decode worker that dies ends the stream with
      UNAVAILABLE.
 A request with ``n > 1`` runs ``n`` such samples concurrently (seed + index).
+Before any of this, admission control (``admission.py``) may refuse the
+request, and a mesh without a healthy decode worker refuses it at once.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from services.common.convert import sampling_to_proto
 from services.engine.block_hash import BlockHash, hash_full_blocks, root_block_hash
 from services.engine.sampling_params import SamplingParams
+from services.router.admission import AdmissionController, AdmissionLimits, AdmissionRefused
+from services.router.metrics import RouterMetrics
 from services.router.placement import BlockLocality, pick_decode, pick_prefill
+from services.router.request_tracker import RequestTracker
 from services.router.worker_pool import WorkerHandle, WorkerPool
 from tandem._proto.tandem.v1 import common_pb2, router_pb2, worker_pb2
 
@@ -41,12 +47,18 @@ class RouterConfig:
     prefill_timeout_s: float = 60.0
     block_size: int = 16
     model_fingerprint: str = ""
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+
+
+# How long a client should wait before retrying when no decode worker is up.
+NO_WORKER_RETRY_AFTER_S = 1.0
 
 
 class RouterError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -70,6 +82,22 @@ class Router:
         self.counters: dict[str, int] = {"prefill_disaggregated": 0, "prefill_on_decode": 0, "prefill_fallbacks": 0}
         self._active: dict[str, list[SampleCall]] = {}
         self._lock = threading.Lock()
+        self.admission = AdmissionController(config.admission)
+        self.metrics = RouterMetrics()
+        self.metrics.bind_sources(pool, self.admission)
+
+    def _admit(self, prompt_ids: list[int], arrival: float) -> RequestTracker:
+        if not self.pool.healthy("decode"):
+            self.metrics.request_failure.labels(grpc.StatusCode.UNAVAILABLE.name).inc()
+            raise RouterError(grpc.StatusCode.UNAVAILABLE, "no decode worker is available",
+                              retry_after_s=NO_WORKER_RETRY_AFTER_S)
+        try:
+            ticket = self.admission.admit(len(prompt_ids))
+        except AdmissionRefused as refused:
+            self.metrics.admission_rejections.labels(refused.reason).inc()
+            raise RouterError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refused),
+                              retry_after_s=refused.retry_after_s) from None
+        return RequestTracker(self.metrics, ticket, arrival)
 
     def block_hashes(self, token_ids: list[int]) -> list[BlockHash]:
         return hash_full_blocks(token_ids, self.config.block_size, self.root_hash)
@@ -77,11 +105,15 @@ class Router:
     # -- one request -------------------------------------------------------------------
 
     def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, cancelled: threading.Event
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, cancelled: threading.Event,
+        arrival: float | None = None,
     ) -> Iterator[router_pb2.GenerateResponse]:
+        """Stream the request's responses; ``arrival`` (monotonic) is when the call reached the router."""
         calls = [SampleCall(f"{request_id}.{i}" if params.n > 1 else request_id) for i in range(params.n)]
+        tracker = self._admit(prompt_ids, time.monotonic() if arrival is None else arrival)
         with self._lock:
             if request_id in self._active:
+                tracker.finish(grpc.StatusCode.ALREADY_EXISTS.name)
                 raise RouterError(grpc.StatusCode.ALREADY_EXISTS, f"request id {request_id!r} is in flight")
             self._active[request_id] = calls
         results: queue.SimpleQueue = queue.SimpleQueue()
@@ -96,6 +128,7 @@ class Router:
             )
             thread.start()
             threads.append(thread)
+        error_code: str | None = grpc.StatusCode.CANCELLED.name  # until the last sample ends
         try:
             remaining = len(calls)
             first = True
@@ -107,17 +140,21 @@ class Router:
                         raise RouterError(grpc.StatusCode.CANCELLED, "the client cancelled the request") from None
                     continue
                 if isinstance(item, BaseException):
+                    error_code = item.code.name if isinstance(item, RouterError) else grpc.StatusCode.UNKNOWN.name
                     raise item
                 if item is None:
                     remaining -= 1
                     continue
+                tracker.on_delta(index, item)
                 response = router_pb2.GenerateResponse(request_id=request_id, index=index, delta=item)
                 if first:
                     response.num_prompt_tokens = len(prompt_ids)
                     response.prompt_token_ids.extend(prompt_ids)
                     first = False
                 yield response
+            error_code = None
         finally:
+            tracker.finish(error_code)
             if remaining:
                 self.abort(request_id)
             with self._lock:
@@ -153,12 +190,15 @@ class Router:
     def _sample(self, call: SampleCall, prompt_ids: list[int], params: SamplingParams) -> Iterator[worker_pb2.TokenDelta]:
         hashes = self.block_hashes(prompt_ids)
         cached_blocks = self.kvstore.lookup(hashes) if hashes else 0
+        self.metrics.observe_prefix_lookup(len(prompt_ids), cached_blocks * self.config.block_size)
         uncached = len(prompt_ids) - cached_blocks * self.config.block_size
         sampling = sampling_to_proto(params)
         decode_request = worker_pb2.DecodeRequest(
             request_id=call.request_id, prompt_token_ids=prompt_ids, sampling=sampling, block_hashes=hashes
         )
-        if uncached >= self.config.disagg_min_tokens:
+        # Prompt logprobs need the logits of every prompt position, which only the
+        # worker that computes the whole prompt has: the decode worker does it all.
+        if uncached >= self.config.disagg_min_tokens and params.prompt_logprobs is None:
             first = self._prefill(call, prompt_ids, sampling, hashes)
             if first is not None:
                 decode_request.first_token_id = first.first_token_id

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from services.common.grpc_server import RunningServer, ServiceBinding, start_grpc_server
 from services.engine.models.checkpoint import load_checkpoint
@@ -22,6 +23,7 @@ from services.engine.tokenizer import load_tokenizer
 from services.kvstore.client import KvStoreClient
 from services.kvstore.errors import KvStoreError
 from services.kvstore.layout import ModelIdentity
+from services.router.admission import AdmissionLimits
 from services.router.router import Router, RouterConfig
 from services.router.servicer import RouterServicer
 from services.router.worker_pool import WorkerPool
@@ -41,6 +43,7 @@ class RouterSettings:
     peers: list[tuple[str, str]] = field(default_factory=list)
     disagg_min_tokens: int = 32
     identity_timeout_s: float = 120.0
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
 
 
 @dataclass
@@ -87,6 +90,19 @@ def _follow_events(kvstore: KvStoreClient, router: Router) -> None:
             time.sleep(1.0)
 
 
+def _publish_health(server: RunningServer, pool: WorkerPool, service_name: str) -> None:
+    """The Router service reports SERVING on the standard health service only while a
+    decode worker is healthy: that is when a Generate call can be served."""
+
+    def update() -> None:
+        serving = bool(pool.healthy("decode"))
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        server.health.set(service_name, status)
+
+    update()
+    pool.listeners.append(update)
+
+
 def start_router(settings: RouterSettings) -> RunningRouter:
     path = settings.model or default_model_path()
     checkpoint = load_checkpoint(path)
@@ -106,15 +122,17 @@ def start_router(settings: RouterSettings) -> RunningRouter:
         disagg_min_tokens=settings.disagg_min_tokens,
         block_size=identity.layout.block_size,
         model_fingerprint=identity.model_fingerprint,
+        admission=settings.admission,
     )
     router = Router(pool, kvstore, config)
     threading.Thread(target=_follow_events, args=(kvstore, router), name="router-kv-events", daemon=True).start()
     servicer = RouterServicer(
         router, tokenizer, settings.served_model_names, max_model_len, checkpoint.hf_config.vocab_size
     )
+    service_name = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
     server = start_grpc_server(settings.listen, [ServiceBinding(
-        servicer, router_pb2_grpc.add_RouterServicer_to_server,
-        router_pb2.DESCRIPTOR.services_by_name["Router"].full_name,
+        servicer, router_pb2_grpc.add_RouterServicer_to_server, service_name,
     )])
+    _publish_health(server, pool, service_name)
     logger.info("router serving on %s", server.address)
     return RunningRouter(server, router, pool, kvstore, servicer)

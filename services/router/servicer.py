@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -11,10 +12,11 @@ import grpc
 from transformers import PreTrainedTokenizerBase
 
 from services.common.convert import sampling_from_proto
-from services.engine.errors import InvalidRequestError
+from services.engine.errors import InvalidRequestError, PromptTooLongError
 from services.engine.request_validation import validate_prompt
 from services.engine.sampling_params import SamplingParams
 from services.engine.tokenizer import apply_chat_template
+from services.router.retry_hint import retry_after_metadata
 from services.router.router import Router, RouterError
 from tandem._proto.tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
 
@@ -50,9 +52,16 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         else:
             raise InvalidRequestError("the request has no prompt (set text, token_ids or chat)")
         validate_prompt(prompt_ids, params, self.max_model_len, len(self.tokenizer), self.vocab_size)
+        if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > self.max_model_len:
+            raise PromptTooLongError(
+                f"this model's context is {self.max_model_len} tokens, but the request asks for "
+                f"{len(prompt_ids) + params.max_tokens} ({len(prompt_ids)} in the prompt, "
+                f"{params.max_tokens} to generate): shorten the prompt or lower max_tokens"
+            )
         return prompt_ids, params
 
     def Generate(self, request: router_pb2.GenerateRequest, context: grpc.ServicerContext) -> Iterator[router_pb2.GenerateResponse]:
+        arrival = time.monotonic()
         if request.model and request.model not in self.model_names:
             context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served here; try {self.model_names}")
         try:
@@ -63,8 +72,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         context.add_callback(cancelled.set)
         request_id = request.request_id or uuid.uuid4().hex
         try:
-            yield from self.router.generate(request_id, prompt_ids, params, cancelled)
+            yield from self.router.generate(request_id, prompt_ids, params, cancelled, arrival)
         except RouterError as exc:
+            if exc.retry_after_s is not None:
+                context.set_trailing_metadata(retry_after_metadata(exc.retry_after_s))
             context.abort(exc.code, str(exc))
 
     def Abort(self, request: common_pb2.AbortRequest, context: grpc.ServicerContext) -> common_pb2.AbortResponse:

@@ -77,6 +77,8 @@ class WorkerPool:
     # when discovery is off (static peers).
     discover: Callable[[], list[tuple[str, str, str]]] | None = None
     workers: dict[str, WorkerHandle] = field(default_factory=dict)
+    # Called after every poll round (e.g. to publish the router's health).
+    listeners: list[Callable[[], None]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,6 +94,12 @@ class WorkerPool:
         with self._lock:
             handles = list(self.workers.values())
         return [h for h in handles if h.healthy and getattr(h, role) is not None]
+
+    def healthy_loads(self) -> list[common_pb2.WorkerLoad]:
+        """The last polled load of every healthy worker (each worker once, whatever its roles)."""
+        with self._lock:
+            handles = list(self.workers.values())
+        return [h.load for h in handles if h.healthy and h.load is not None]
 
     def start(self) -> None:
         self.refresh()
@@ -112,6 +120,8 @@ class WorkerPool:
             handles = list(self.workers.values())
         for handle in handles:
             handle.poll()
+        for listener in self.listeners:
+            listener()
 
     def wait_until_ready(self, timeout: float) -> bool:
         """Whether at least one decode-capable worker answered within ``timeout``."""

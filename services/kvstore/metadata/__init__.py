@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.kvstore.metadata.base import BlockMeta, LeaseRecord, MetadataBackend
 from services.kvstore.metadata.memory import MemoryMetadata
 
-__all__ = ["BlockMeta", "LeaseRecord", "MetadataBackend", "MemoryMetadata", "open_metadata"]
+__all__ = ["BlockMeta", "LeaseRecord", "MemoryMetadata", "MetadataBackend", "open_metadata"]
 
 
 def open_metadata(spec: str, redis_prefix: str) -> MetadataBackend:
