@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("no_shm_leaks")
 
 
 @pytest.fixture(params=["grpc", "shm"])
-def client(request: pytest.FixtureRequest, kvstore: KvStoreServer) -> KvStoreClient:
+def client(request: pytest.FixtureRequest, kvstore: KvStoreServer) -> Iterator[KvStoreClient]:
     with KvStoreClient(kvstore.address, request.param, timeout_s=10) as client:
         yield client
 
@@ -109,7 +110,7 @@ def test_a_corrupted_stored_payload_comes_back_as_a_miss(client: KvStoreClient, 
     client.put_blocks(chain)
     lease = client.acquire(hashes_of(chain), "reader", ttl_ms=5_000)
     registry = kvstore.registry
-    registry.tier.view(registry._resident[chain[0].block_hash].slot)[100] ^= 0x40
+    registry.tier.view(registry.blocks.get(chain[0].block_hash).slot)[100] ^= 0x40
     got = client.get_blocks(lease)
     assert isinstance(got[0], BlockMiss) and "checksum mismatch" in got[0].reason
     assert torch.equal(got[1].data, chain[1].data)
@@ -137,9 +138,9 @@ def test_registration_refuses_a_different_identity(kvstore: KvStoreServer) -> No
         client.register("decode-1", "decode", "10.0.0.3:7003", ModelIdentity(IDENTITY.model_fingerprint, LAYOUT, "alias"))
         members = client.list_workers()
         assert [(w.worker_id, w.role, w.address) for w in members.workers] == [
+            ("decode-1", "decode", "10.0.0.3:7003"),
             ("prefill-0", "prefill", "10.0.0.1:7001"),
             ("router", "router", "10.0.0.9:8000"),
-            ("decode-1", "decode", "10.0.0.3:7003"),
         ]
         assert members.identity == IDENTITY
 
@@ -170,7 +171,7 @@ def test_watch_events_replays_then_follows_live(kvstore: KvStoreServer) -> None:
             live = next(events)
             assert (live.sequence, live.stored.block_hash) == (3, chain[2].block_hash)
         registry = kvstore.registry
-        registry.tier.view(registry._resident[chain[2].block_hash].slot)[0] ^= 1
+        registry.tier.view(registry.blocks.get(chain[2].block_hash).slot)[0] ^= 1
         lease = client.acquire(hashes_of(chain), "reader", ttl_ms=5_000)
         client.get_blocks(lease)
         with client.watch_events(after_sequence=2) as watch:

@@ -16,8 +16,8 @@ from services.kvstore.errors import (
 from services.kvstore.layout import BlockLayout, identity_to_proto
 from services.kvstore.metadata import MemoryMetadata
 from services.kvstore.payload_tier import PayloadTier
-from services.kvstore.registry import BlockRegistry, RegistryConfig
-from services.kvstore.registry_types import BlockRead
+from services.kvstore.registry import BlockRegistry
+from services.kvstore.registry_types import BlockRead, RegistryConfig
 from tandem._proto.tandem.v1 import kvstore_pb2
 from tests.kvstore_helpers import BLOCK_BYTES, IDENTITY, hashes_of, make_chain
 
@@ -186,7 +186,7 @@ def test_a_corrupt_payload_is_dropped_and_reported_as_a_miss(registry: BlockRegi
     chain = make_chain(2, seed=21)
     put(registry, chain)
     lease = registry.acquire(hashes_of(chain), "reader", ttl_ms=1_000)
-    slot = registry._resident[chain[1].block_hash].slot
+    slot = registry.blocks.get(chain[1].block_hash).slot
     registry.tier.view(slot)[7] ^= 0xFF  # a bit flip in host memory
     assert read(registry, lease.lease_id, chain[0].block_hash) == chain[0].data.numpy().tobytes()
     miss = read(registry, lease.lease_id, chain[1].block_hash)

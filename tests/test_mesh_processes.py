@@ -141,5 +141,17 @@ def test_killed_decode_worker_fails_the_stream_promptly_and_leaks_nothing(mesh):
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert time.monotonic() - started < 10
     assert wait_until(lambda: client.stats().num_leases == 0, timeout=40)
-    # The surviving decode worker still serves.
+    # The dead worker leaves rotation: every later request lands on the survivor.
     assert wait_until(lambda: _ready(client), timeout=30)
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    assert all(len(client.generate(list(range(i, i + 20)), params)[0]) == 3 for i in range(5, 15))
+
+
+def test_without_prefill_workers_decode_prefills_itself(mesh, tiny_checkpoints):
+    procs, client = mesh
+    for name in ("prefill-0", "prefill-1"):
+        procs[name].kill()
+    p = list(range(100, 190))
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    assert wait_until(lambda: _ready(client), timeout=30)
+    assert client.generate(p, params)[0] == hf_greedy(tiny_checkpoints["llama"], [p], 6)[0]

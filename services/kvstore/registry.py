@@ -23,37 +23,26 @@ import hashlib
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-from services.kvstore.errors import (
-    CorruptPayloadError,
-    InvalidBlockError,
-    LeaseNotFoundError,
-    MeshMismatchError,
-    StoreFullError,
-)
+from services.kvstore.block_checks import block_meta, validate_header
+from services.kvstore.errors import CorruptPayloadError, LeaseNotFoundError
 from services.kvstore.event_feed import EventFeed
-from services.kvstore.layout import HASH_BYTES, layout_mismatches, layout_size_bytes
 from services.kvstore.leases import LeaseTable
 from services.kvstore.mesh import MeshMembership
-from services.kvstore.metadata import BlockMeta, LeaseRecord, MetadataBackend
-from services.kvstore.payload_tier import PayloadTier, Slot
-from services.kvstore.registry_types import BlockRead, LeaseGrant, PendingPut, RegistryCounters, ResidentBlock
-from services.kvstore.shm import ShmError
+from services.kvstore.metadata import LeaseRecord, MetadataBackend
+from services.kvstore.payload_tier import PayloadTier
+from services.kvstore.registry_types import (
+    BlockRead,
+    LeaseGrant,
+    PendingPut,
+    RegistryConfig,
+    RegistryCounters,
+    ResidentBlock,
+)
+from services.kvstore.resident import ResidentSet
 from tandem._proto.tandem.v1 import kvstore_pb2
-
-DEFAULT_LEASE_TTL_MS = 30_000
-HEARTBEAT_TTL_MS = 10_000
-
-
-@dataclass
-class RegistryConfig:
-    capacity_bytes: int
-    replica_id: str
-    default_lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
-    heartbeat_ttl_ms: int = HEARTBEAT_TTL_MS
 
 
 class BlockRegistry:
@@ -67,15 +56,13 @@ class BlockRegistry:
         self.config = config
         self.metadata = metadata
         self.tier = tier
+        self.blocks = ResidentSet(tier, config.capacity_bytes)
         self.mesh = MeshMembership(metadata)
         self.events = EventFeed(metadata)
         self.counters = RegistryCounters()
         self._clock = clock
         self._lock = threading.Lock()
-        # Least recently used first; the eviction order.
-        self._resident: OrderedDict[bytes, ResidentBlock] = OrderedDict()
         self._leases = LeaseTable()
-        self._bytes_used = 0  # resident payloads plus reserved slots of puts in flight
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -94,55 +81,28 @@ class BlockRegistry:
         self.events.published(self.metadata.leave(self.config.replica_id))
         self.events.close()
         with self._lock:
-            self._resident.clear()
-            self.tier.close()
+            self.blocks.close()
         self.metadata.close()
 
     # -- lookups and puts ------------------------------------------------------------
 
     def lookup(self, block_hashes: Sequence[bytes]) -> int:
         with self._lock:
-            count = 0
-            while count < len(block_hashes) and block_hashes[count] in self._resident:
-                count += 1
+            count = self.blocks.leading(block_hashes)
             self.counters.lookups += 1
             self.counters.lookup_query_blocks += len(block_hashes)
             self.counters.lookup_hit_blocks += count
             return count
 
-    def _validate(self, header: kvstore_pb2.BlockHeader) -> None:
-        if len(header.block_hash) != HASH_BYTES:
-            raise InvalidBlockError(f"block_hash must be {HASH_BYTES} bytes, got {len(header.block_hash)}")
-        if len(header.parent_hash) not in (0, HASH_BYTES):
-            raise InvalidBlockError(f"parent_hash must be empty or {HASH_BYTES} bytes")
-        if len(header.checksum) != HASH_BYTES:
-            raise InvalidBlockError("checksum must be the 32-byte sha256 of the payload")
-        expected = layout_size_bytes(header.layout)
-        if expected == 0 or header.size_bytes != expected:
-            raise InvalidBlockError(f"size_bytes {header.size_bytes} does not match the layout's {expected}")
-        mesh = self.mesh.identity()
-        if mesh is not None and mesh.layout != header.layout:
-            raise MeshMismatchError("block layout differs from the mesh's: " + "; ".join(
-                layout_mismatches(mesh.layout, header.layout)))
-
     def begin_put(self, header: kvstore_pb2.BlockHeader, producer_id: str) -> PendingPut | None:
         """Reserve a slot for the payload; ``None`` when the block is already stored."""
-        self._validate(header)
-        size = header.size_bytes
+        validate_header(header, self.mesh.identity())
         with self._lock:
-            resident = self._resident.get(header.block_hash)
-            if resident is not None:
+            if header.block_hash in self.blocks:
                 self.counters.duplicate_puts += 1
-                self._resident.move_to_end(header.block_hash)
+                self.blocks.mark_used([header.block_hash])
                 return None
-            if size > self.config.capacity_bytes:
-                raise StoreFullError(f"a {size}-byte block exceeds the store's capacity of {self.config.capacity_bytes}")
-            self._make_room(size)
-            try:
-                slot = self.tier.allocate(size)
-            except ShmError as exc:
-                raise StoreFullError(f"host shared memory is exhausted: {exc}") from exc
-            self._bytes_used += size
+            slot = self.blocks.reserve(header.size_bytes, self._leases.is_pinned, self._evict)
             return PendingPut(header, producer_id, slot, self.tier.view(slot))
 
     def commit_put(self, pending: PendingPut) -> bool:
@@ -152,59 +112,33 @@ class BlockRegistry:
             raise CorruptPayloadError("payload does not match its checksum; block refused")
         header = pending.header
         with self._lock:
-            if header.block_hash in self._resident:
-                self._free(pending.slot)
+            if header.block_hash in self.blocks:
+                self.blocks.free(pending.slot)
                 self.counters.duplicate_puts += 1
                 return False
-            self._resident[header.block_hash] = ResidentBlock(header, pending.slot, pending.producer_id)
+            self.blocks.insert(ResidentBlock(header, pending.slot, pending.producer_id))
             self.counters.puts += 1
-            meta = BlockMeta(
-                header.block_hash, header.parent_hash, header.size_bytes, header.checksum,
-                header.layout, pending.producer_id, self._now_ms(),
-            )
+            meta = block_meta(header, pending.producer_id, self._now_ms())
             self.events.published([self.metadata.block_stored(meta, self.config.replica_id)])
         return True
 
     def abort_put(self, pending: PendingPut) -> None:
         with self._lock:
-            self._free(pending.slot)
+            self.blocks.free(pending.slot)
 
     def order_chain(self, block_hashes: Sequence[bytes]) -> None:
-        """Mark a chain used so that its first block is evicted last.
-
-        Evicting a chain's head orphans the rest (a lookup stops at the first
-        missing block), so within a chain the tail should go first.
-        """
+        """Mark a chain just used, its first block to be evicted last (see ``ResidentSet.mark_used``)."""
         with self._lock:
-            for block_hash in reversed(block_hashes):
-                if block_hash in self._resident:
-                    self._resident.move_to_end(block_hash)
+            self.blocks.mark_used(block_hashes)
 
-    # -- eviction --------------------------------------------------------------------
+    def _evict(self, block_hash: bytes) -> None:
+        self._drop(block_hash)
+        self.counters.evictions += 1
 
-    def _free(self, slot: Slot) -> None:
-        self.tier.free(slot)
-        self._bytes_used -= slot.size
-
-    def _make_room(self, size: int) -> None:
-        while self._bytes_used + size > self.config.capacity_bytes:
-            victim = next(
-                (h for h, b in self._resident.items() if b.readers == 0 and not self._leases.is_pinned(h)), None
-            )
-            if victim is None:
-                raise StoreFullError(
-                    f"no room for a {size}-byte block: {self._bytes_used} of {self.config.capacity_bytes} bytes "
-                    "are leased, being read or being written"
-                )
-            self._drop(victim, keep_metadata=False)
-            self.counters.evictions += 1
-
-    def _drop(self, block_hash: bytes, keep_metadata: bool) -> None:
-        block = self._resident.pop(block_hash)
-        block.dropped = True
-        if block.readers == 0:
-            self._free(block.slot)
-        event = self.metadata.block_dropped(block_hash, self.config.replica_id, keep_metadata=keep_metadata)
+    def _drop(self, block_hash: bytes) -> None:
+        """Remove a block for good (evicted or corrupt): its metadata goes too once no replica holds it."""
+        self.blocks.remove(block_hash)
+        event = self.metadata.block_dropped(block_hash, self.config.replica_id, keep_metadata=False)
         self.events.published([event])
 
     # -- leases and reads ------------------------------------------------------------
@@ -213,9 +147,7 @@ class BlockRegistry:
         """Pin the leading stored blocks of the chain; an empty lease id when none is stored."""
         now = self._now_ms()
         with self._lock:
-            count = 0
-            while count < len(block_hashes) and block_hashes[count] in self._resident:
-                count += 1
+            count = self.blocks.leading(block_hashes)
             if count == 0:
                 return LeaseGrant("", 0, 0)
             lease = LeaseRecord(
@@ -245,7 +177,7 @@ class BlockRegistry:
         reason = ""
         with self._lock:
             lease = self._leases.live(lease_id, self._now_ms())
-            block = self._resident.get(block_hash)
+            block = self.blocks.get(block_hash)
             if lease is None:
                 reason = "lease expired"
             elif block_hash not in lease.block_hashes:
@@ -267,8 +199,8 @@ class BlockRegistry:
         with self._lock:
             self.counters.checksum_failures += 1
             self.counters.payload_misses += 1
-            if self._resident.get(block_hash) is block:
-                self._drop(block_hash, keep_metadata=False)
+            if self.blocks.get(block_hash) is block:
+                self._drop(block_hash)
         self.close_read(read)
         return kvstore_pb2.BlockMiss(block_hash=block_hash, reason="checksum mismatch: the stored copy was dropped")
 
@@ -279,9 +211,7 @@ class BlockRegistry:
 
     def close_read(self, read: BlockRead) -> None:
         with self._lock:
-            read.block.readers -= 1
-            if read.block.dropped and read.block.readers == 0:
-                self._free(read.block.slot)
+            self.blocks.end_read(read.block)
 
     def touch(self, block_hashes: Sequence[bytes]) -> None:
         """Record an access in the metadata (the local LRU order is kept by the calls above)."""
@@ -302,12 +232,8 @@ class BlockRegistry:
         if self.metadata.heartbeat(self.config.replica_id, self.config.heartbeat_ttl_ms):
             return
         with self._lock:
-            for block in self._resident.values():
-                header = block.header
-                meta = BlockMeta(
-                    header.block_hash, header.parent_hash, header.size_bytes, header.checksum,
-                    header.layout, block.producer_id, self._now_ms(),
-                )
+            for block in self.blocks:
+                meta = block_meta(block.header, block.producer_id, self._now_ms())
                 self.events.published([self.metadata.block_stored(meta, self.config.replica_id)])
 
     def sweep_dead_replicas(self) -> None:
@@ -320,11 +246,11 @@ class BlockRegistry:
     def stats(self) -> kvstore_pb2.StatsResponse:
         with self._lock:
             return kvstore_pb2.StatsResponse(
-                num_blocks=len(self._resident),
-                bytes_used=self._bytes_used,
+                num_blocks=len(self.blocks),
+                bytes_used=self.blocks.bytes_used,
                 capacity_bytes=self.config.capacity_bytes,
                 num_leases=len(self._leases),
-                num_pinned_blocks=sum(1 for h in self._resident if self._leases.is_pinned(h)),
+                num_pinned_blocks=sum(1 for b in self.blocks if self._leases.is_pinned(b.header.block_hash)),
                 replica_id=self.config.replica_id,
                 **asdict(self.counters),
             )

@@ -7,6 +7,17 @@ from dataclasses import dataclass
 from services.kvstore.payload_tier import Slot
 from tandem._proto.tandem.v1 import kvstore_pb2
 
+DEFAULT_LEASE_TTL_MS = 30_000
+HEARTBEAT_TTL_MS = 10_000
+
+
+@dataclass
+class RegistryConfig:
+    capacity_bytes: int
+    replica_id: str
+    default_lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
+    heartbeat_ttl_ms: int = HEARTBEAT_TTL_MS
+
 
 @dataclass
 class ResidentBlock:

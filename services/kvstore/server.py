@@ -25,7 +25,8 @@ from grpc_health.v1 import health_pb2
 from services.common.grpc_server import RunningServer, ServiceBinding, start_grpc_server
 from services.kvstore.metadata import open_metadata
 from services.kvstore.payload_tier import DEFAULT_SEGMENT_BYTES, PayloadTier
-from services.kvstore.registry import DEFAULT_LEASE_TTL_MS, HEARTBEAT_TTL_MS, BlockRegistry, RegistryConfig
+from services.kvstore.registry import BlockRegistry
+from services.kvstore.registry_types import DEFAULT_LEASE_TTL_MS, HEARTBEAT_TTL_MS, RegistryConfig
 from services.kvstore.servicer import KvStoreServicer
 from tandem._proto.tandem.v1 import kvstore_pb2, kvstore_pb2_grpc
 

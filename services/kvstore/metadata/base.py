@@ -66,7 +66,8 @@ class MetadataBackend(ABC):
         """Add or replace (by worker id) a registered worker."""
 
     @abstractmethod
-    def workers(self) -> list[kvstore_pb2.WorkerInfo]: ...
+    def workers(self) -> list[kvstore_pb2.WorkerInfo]:
+        """Registered workers, by worker id."""
 
     # -- blocks ----------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ class MemoryMetadata(MetadataBackend):
 
     def workers(self) -> list[kvstore_pb2.WorkerInfo]:
         with self._lock:
-            return list(self._workers.values())
+            return [self._workers[worker_id] for worker_id in sorted(self._workers)]
 
     def _append(self, event: kvstore_pb2.KvEvent) -> kvstore_pb2.KvEvent:
         self._sequence += 1
