@@ -44,6 +44,8 @@ def ulp_check(got: torch.Tensor, want: torch.Tensor, max_ulps: int = 2) -> dict[
     """
     assert got.shape == want.shape and got.dtype == want.dtype
     eps = torch.finfo(want.dtype).eps
+    if want.dtype == torch.float32:
+        max_ulps *= 4  # fp32 outputs carry no final rounding to hide exp/summation-order differences
     diff = (got.float() - want.float()).abs()
     within = diff <= max_ulps * eps * want.float().abs() + torch.finfo(want.dtype).tiny
     return {"exact_fraction": round(float((got == want).float().mean()), 6),

@@ -110,7 +110,7 @@ def test_a_corrupted_stored_payload_comes_back_as_a_miss(client: KvStoreClient, 
     client.put_blocks(chain)
     lease = client.acquire(hashes_of(chain), "reader", ttl_ms=5_000)
     registry = kvstore.registry
-    registry.tier.view(registry.blocks.get(chain[0].block_hash).slot)[100] ^= 0x40
+    registry.stored_view(chain[0].block_hash)[100] ^= 0x40
     got = client.get_blocks(lease)
     assert isinstance(got[0], BlockMiss) and "checksum mismatch" in got[0].reason
     assert torch.equal(got[1].data, chain[1].data)
@@ -171,7 +171,7 @@ def test_watch_events_replays_then_follows_live(kvstore: KvStoreServer) -> None:
             live = next(events)
             assert (live.sequence, live.stored.block_hash) == (3, chain[2].block_hash)
         registry = kvstore.registry
-        registry.tier.view(registry.blocks.get(chain[2].block_hash).slot)[0] ^= 1
+        registry.stored_view(chain[2].block_hash)[0] ^= 1
         lease = client.acquire(hashes_of(chain), "reader", ttl_ms=5_000)
         client.get_blocks(lease)
         with client.watch_events(after_sequence=2) as watch:

@@ -186,8 +186,7 @@ def test_a_corrupt_payload_is_dropped_and_reported_as_a_miss(registry: BlockRegi
     chain = make_chain(2, seed=21)
     put(registry, chain)
     lease = registry.acquire(hashes_of(chain), "reader", ttl_ms=1_000)
-    slot = registry.blocks.get(chain[1].block_hash).slot
-    registry.tier.view(slot)[7] ^= 0xFF  # a bit flip in host memory
+    registry.stored_view(chain[1].block_hash)[7] ^= 0xFF  # a bit flip in host memory
     assert read(registry, lease.lease_id, chain[0].block_hash) == chain[0].data.numpy().tobytes()
     miss = read(registry, lease.lease_id, chain[1].block_hash)
     assert isinstance(miss, kvstore_pb2.BlockMiss) and "checksum mismatch" in miss.reason

@@ -64,7 +64,7 @@ def test_corrupt_payload_is_caught_and_recomputed(tiny_checkpoints, offline):
         # Flip one byte of the third block's payload inside the store.
         registry = mesh.kvstore.registry
         third = mesh.decode.worker.blocks.chain_hashes(p)[2]
-        registry.tier.view(registry._resident[third].slot)[123] ^= 0x10
+        registry.stored_view(third)[123] ^= 0x10
         # Generate with the first 3 blocks of the prompt going straight to decode.
         again = client.generate(p, PARAMS)[0]
         assert again == expected

@@ -149,27 +149,33 @@ class DecodeConfig:
     num_splits: int
     partition_size: int
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
+    maxnreg: int | None = None  # register cap per thread (None: the compiler's choice)
 
 
-# Rule constants (bench/attention_bandwidth.py --sweep is where they were checked).
-PROGRAMS_PER_SM = 4  # aim for this many programs per SM so the tail wave is short
-MIN_PARTITION = 256  # keys: below this a split's reduce traffic and setup stop paying
+# Rule constants, from `python -m bench.attention_bandwidth --sweep` on an H200
+# (bench/RESULTS.md): splitting costs a partial write and a reduce launch and
+# lost to one program per (sequence, KV head) whenever those were at least one
+# per SM; below that, about two programs per SM of 64+ keys each was fastest.
+PROGRAMS_PER_SM = 2
+MIN_PARTITION = 64  # keys
 MAX_SPLITS = 64
 
 
 def decode_config(
     batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int, block_size: int, device: torch.device
 ) -> DecodeConfig:
-    """Launch settings by rule: tile of ~16 KB of K per step, splits to fill the GPU."""
+    """Launch settings by rule: ~16 KB of K per tile, three stages deep, split only to fill the GPU."""
     block_n = 64 if head_dim >= 128 else 128
     programs = batch * num_kv_heads
-    want = triton.cdiv(PROGRAMS_PER_SM * sm_count(device), programs)
-    longest = max(1, triton.cdiv(max_seq_len, max(MIN_PARTITION, block_n)))
-    num_splits = max(1, min(want, longest, MAX_SPLITS))
-    partition = triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
-    return DecodeConfig(block_n=block_n, num_splits=triton.cdiv(max(max_seq_len, 1), partition),
-                        partition_size=partition)
+    sms = sm_count(device)
+    keys = max(max_seq_len, 1)
+    num_splits = 1
+    if programs < sms:
+        want = triton.cdiv(PROGRAMS_PER_SM * sms, programs)
+        num_splits = max(1, min(want, triton.cdiv(keys, max(MIN_PARTITION, block_n)), MAX_SPLITS))
+    partition = triton.cdiv(triton.cdiv(keys, num_splits), block_n) * block_n
+    return DecodeConfig(block_n=block_n, num_splits=triton.cdiv(keys, partition), partition_size=partition)
 
 
 def decode_attention(
@@ -216,6 +222,7 @@ def decode_attention(
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=config.block_n, SPLIT=split, UPCAST=upcast, PRECISION=precision,
         num_warps=config.num_warps, num_stages=config.num_stages,
+        **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
     )
     if split:
         _decode_reduce_kernel[(batch, num_heads)](

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from services.kvstore.errors import KvStoreError
 from services.kvstore.server import DEFAULT_REDIS_PREFIX, serve_kvstore
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -99,8 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_kvstore_arguments(parser)
     parser.add_argument("--log-level", default=_env("TANDEM_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_kvstore(args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Set the level even when a caller (the tandem CLI) configured logging already.
+    logging.getLogger().setLevel(args.log_level.upper())
+    try:
+        return run_kvstore(args)
+    except (KvStoreError, OSError, ValueError) as exc:
+        print(f"tandem kvstore: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -239,6 +239,12 @@ class BlockRegistry:
     def sweep_dead_replicas(self) -> None:
         self.events.published(self.metadata.sweep_dead_replicas())
 
+    def stored_view(self, block_hash: bytes) -> memoryview | None:
+        """The held payload's bytes, writable (fault-injection tests use it); None when not held."""
+        with self._lock:
+            block = self.blocks.get(block_hash)
+            return self.tier.view(block.slot) if block is not None else None
+
     def ref_count(self, block_hash: bytes) -> int:
         with self._lock:
             return self._leases.ref_count(block_hash)

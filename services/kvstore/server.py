@@ -131,15 +131,21 @@ def serve_kvstore(
     replica_id = replica_id or default_replica_id(listen)
     config = RegistryConfig(capacity_bytes, replica_id, default_lease_ttl_ms, heartbeat_ttl_ms)
     backend = open_metadata(metadata, redis_prefix)
-    registry = BlockRegistry(config, backend, PayloadTier(replica_id, segment_bytes))
-    if registry.tier.removed_stale:
-        logger.warning("removed %d shared-memory segments a dead predecessor left", len(registry.tier.removed_stale))
-    registry.start()
+    try:
+        tier = PayloadTier(replica_id, segment_bytes)
+    except Exception:
+        backend.close()
+        raise
+    if tier.removed_stale:
+        logger.warning("removed %d shared-memory segments a dead predecessor left", len(tier.removed_stale))
+    registry = BlockRegistry(config, backend, tier)
     servicer = KvStoreServicer(registry)
     binding = ServiceBinding(servicer, kvstore_pb2_grpc.add_KvStoreServicer_to_server, SERVICE_NAME)
     try:
+        registry.start()
         running = start_grpc_server(listen, [binding], max_workers=max_workers)
     except Exception:
+        # Whatever got this far must not outlive the failed start (segments, replica entry).
         servicer.close()
         registry.close()
         raise

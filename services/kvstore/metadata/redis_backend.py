@@ -20,9 +20,11 @@ order is the order of the changes, across replicas.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import redis
 
+from services.kvstore.errors import KvStoreUnavailableError
 from services.kvstore.layout import HASH_BYTES
 from services.kvstore.metadata.base import (
     EVENT_LOG_LIMIT,
@@ -53,7 +55,13 @@ class RedisMetadata(MetadataBackend):
     ) -> None:
         self.prefix = prefix
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        self._redis.ping()  # fail at start-up, not on the first request
+        try:
+            self._redis.ping()  # fail at start-up, not on the first request
+        except redis.RedisError as exc:
+            self._redis.close()
+            parts = urlsplit(url)
+            where = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no password in messages
+            raise KvStoreUnavailableError(f"cannot reach Redis at {where}: {exc}") from exc
         self._orphan_ttl_ms = orphan_ttl_ms
         self._event_log_limit = event_log_limit
         self._stored = self._redis.register_script(STORED)
