@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import triton
 
+from bench.attention_bandwidth import commit
 from kernels import reference as ref
 from kernels import triton as tk
 from kernels.triton.testing import ATTENTION_TOLERANCE, attention_oracle, make_attention_case, relative_error
@@ -32,8 +33,8 @@ FAILED: list[str] = []
 def report(check: str, ok: bool, **fields: object) -> None:
     if not ok:
         FAILED.append(check)
-    print(json.dumps({"check": check, "ok": bool(ok), "gpu": torch.cuda.get_device_name(),
-                      "triton": triton.__version__, **fields}), flush=True)
+    print(json.dumps({"check": check, "ok": bool(ok), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                      "triton": triton.__version__, "commit": commit(), **fields}), flush=True)
 
 
 def ulp_check(got: torch.Tensor, want: torch.Tensor, max_ulps: int = 2) -> dict[str, object]:

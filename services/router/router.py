@@ -227,6 +227,8 @@ class Router:
             if exc.code() == grpc.StatusCode.CANCELLED:
                 raise RouterError(grpc.StatusCode.CANCELLED, "the request was cancelled") from None
             logger.warning("prefill on %s failed (%s); the decode worker prefills", worker.worker_id, exc.code())
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                worker.mark_failed()
             self.counters["prefill_fallbacks"] += 1
             return None
         finally:
@@ -239,20 +241,33 @@ class Router:
                 hashes: list[BlockHash]) -> Iterator[worker_pb2.TokenDelta]:
         max_tokens = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 256
         blocks_needed = -(-(len(request.prompt_token_ids) + max_tokens) // self.config.block_size)
-        worker = pick_decode(self.pool.healthy("decode"), hashes, self.decode_locality, blocks_needed)
-        if worker is None:
-            raise RouterError(grpc.StatusCode.UNAVAILABLE, "no decode worker is available")
-        call.workers.append(worker)
-        worker.in_flight += 1
-        self.decode_locality.record(hashes, worker.worker_id)
-        try:
-            call.decode_call = stream = worker.decode.Decode(request)
-            yield from stream
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.CANCELLED):
-                raise RouterError(exc.code(), exc.details()) from None
-            raise RouterError(
-                grpc.StatusCode.UNAVAILABLE, f"decode worker {worker.worker_id} failed: {exc.code().name}"
-            ) from None
-        finally:
-            worker.in_flight -= 1
+        tried: set[str] = set()
+        while True:
+            candidates = [w for w in self.pool.healthy("decode") if w.worker_id not in tried]
+            worker = pick_decode(candidates, hashes, self.decode_locality, blocks_needed)
+            if worker is None:
+                raise RouterError(grpc.StatusCode.UNAVAILABLE, "no decode worker is available")
+            tried.add(worker.worker_id)
+            call.workers.append(worker)
+            worker.in_flight += 1
+            self.decode_locality.record(hashes, worker.worker_id)
+            started = False
+            try:
+                call.decode_call = stream = worker.decode.Decode(request)
+                for delta in stream:
+                    started = True
+                    yield delta
+                return
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.CANCELLED):
+                    raise RouterError(exc.code(), exc.details()) from None
+                worker.mark_failed()
+                if not started and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    # Nothing reached the client yet: the sample can start over elsewhere.
+                    logger.warning("decode worker %s unreachable; retrying elsewhere", worker.worker_id)
+                    continue
+                raise RouterError(
+                    grpc.StatusCode.UNAVAILABLE, f"decode worker {worker.worker_id} failed: {exc.code().name}"
+                ) from None
+            finally:
+                worker.in_flight -= 1

@@ -45,6 +45,12 @@ class WorkerHandle:
     def healthy(self) -> bool:
         return self.load is not None and self.failures < MAX_FAILURES
 
+    def mark_failed(self) -> None:
+        """Take the worker out of rotation now (a call found it dead); a later poll brings it back."""
+        if self.failures < MAX_FAILURES:
+            logger.warning("worker %s at %s failed a call; out of rotation", self.worker_id, self.address)
+        self.failures = MAX_FAILURES
+
     def poll(self) -> None:
         stub = self.prefill or self.decode
         assert stub is not None
