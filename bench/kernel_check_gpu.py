@@ -159,7 +159,7 @@ def main() -> None:
     for arch in ("llama", "qwen3"):
         try:
             check_engine_greedy(arch, "float32")
-        except Exception as exc:  # report, don't hide the kernel results above
+        except Exception as exc:  # noqa: BLE001 -- report it; keep the kernel results above
             report(f"engine_greedy_{arch}_float32", False, error=repr(exc)[:500])
     print(json.dumps({"summary": True, "failed": FAILED, "seconds": round(time.time() - start, 1)}), flush=True)
     sys.exit(1 if FAILED else 0)

@@ -9,18 +9,24 @@ import sys
 from collections.abc import Sequence
 
 from services.engine.errors import TandemError
+from tandem import mesh_cli
+from tandem.mesh_cli import env_default as _env
 
 
 def _add_engine_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="HF checkpoint folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--num-kv-blocks", type=int, default=None, help="fixed KV pool size (default: from memory)")
-    parser.add_argument("--kv-cache-memory-fraction", type=float, default=0.5)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
+    def opt_int(name: str) -> int | None:
+        value = _env(name)
+        return int(value) if value else None
+
+    parser.add_argument("--model", default=_env("model"), help="HF checkpoint folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--dtype", default=_env("dtype", "auto"), help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--device", default=_env("device", "auto"), help="auto, cpu or cuda[:N]")
+    parser.add_argument("--max-model-len", type=int, default=opt_int("max_model_len"))
+    parser.add_argument("--block-size", type=int, default=opt_int("block_size") or 16)
+    parser.add_argument("--num-kv-blocks", type=int, default=opt_int("num_kv_blocks"), help="fixed KV pool size (default: from memory)")
+    parser.add_argument("--kv-cache-memory-fraction", type=float, default=float(_env("kv_cache_memory_fraction", "0.5")))
+    parser.add_argument("--max-num-batched-tokens", type=int, default=opt_int("max_num_batched_tokens") or 2048)
+    parser.add_argument("--max-num-seqs", type=int, default=opt_int("max_num_seqs") or 256)
     parser.add_argument("--no-prefix-caching", action="store_true")
 
 
@@ -85,8 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=None)
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
     gen.set_defaults(handler=_generate)
-
-    from tandem import mesh_cli
 
     mesh_cli.add_serve_parser(commands, _add_engine_args)
     mesh_cli.add_worker_parser(commands, "prefill", _add_engine_args, "prefill")

@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 def env_default(name: str, default: str | None = None) -> str | None:
+    """Flags fall back to ``TANDEM_<NAME>`` environment variables (containers set those)."""
     return os.environ.get(f"TANDEM_{name.upper().replace('-', '_')}", default)
 
 

@@ -2,9 +2,9 @@
 
 The interpreter runs every kernel on CPU tensors, so CI checks the indexing,
 masking, paging and split-K logic without a GPU (bench/kernel_check_gpu.py
-runs the same checks compiled, at real shapes). It rounds fp32 -> bf16 by
-truncation where the GPU rounds to nearest, so bf16 results are compared to
-within a couple of bf16 ulps here and bit for bit only on the GPU.
+runs the same checks compiled, at real shapes, and reports how many elements
+match bit for bit). The interpreter rounds fp32 -> bf16 by truncation where the
+GPU rounds to nearest, so bf16 results are compared to within a couple of ulps.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ if RUNS_HERE and not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
-from kernels import dispatch  # noqa: E402
-from kernels import reference as ref  # noqa: E402
-from kernels import triton as tk  # noqa: E402
-from kernels.triton.decode_attention import DecodeConfig, decode_attention, decode_config  # noqa: E402
-from kernels.triton.testing import (  # noqa: E402
+from kernels import dispatch
+from kernels import reference as ref
+from kernels import triton as tk
+from kernels.triton.decode_attention import DecodeConfig, decode_attention, decode_config
+from kernels.triton.testing import (
     ATTENTION_TOLERANCE,
     attention_oracle,
     make_attention_case,
@@ -59,7 +59,7 @@ def test_interpreted_suite_in_a_fresh_process():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        env=env, capture_output=True, text=True, timeout=300,
+        check=False, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
 

@@ -18,7 +18,7 @@ import triton.language as tl
 _INTERPRETER_SMS = 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP gateway: FastAPI in front of a router's gRPC Generate stream."""

@@ -1,0 +1,103 @@
+"""The serving flags: HTTP (vLLM's names), admission control, metrics; and ``tandem gateway``.
+
+``tandem serve`` and ``tandem router --http-port`` run the gateway in the
+router's process, pointed at that router; ``tandem gateway --router
+HOST:PORT`` runs it alone in front of a router elsewhere. Each flag falls
+back to a ``TANDEM_<NAME>`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from prometheus_client import CollectorRegistry
+
+from services.router.admission import AdmissionLimits
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"TANDEM_{name.upper().replace('-', '_')}", default)
+
+
+def _optional_int(name: str) -> int | None:
+    value = _env(name)
+    return int(value) if value else None
+
+
+def add_http_args(parser: argparse.ArgumentParser, port_flag: str, default_port: int | None) -> None:
+    parser.add_argument("--host", default=_env("host", "127.0.0.1"), help="HTTP bind address")
+    parser.add_argument(port_flag, dest="http_port", type=int,
+                        default=_optional_int(port_flag.lstrip("-")) if default_port is None
+                        else int(_env(port_flag.lstrip("-"), str(default_port))),
+                        help="HTTP port of the OpenAI-compatible API (0 picks a free one)")
+    parser.add_argument("--api-key", default=_env("api_key"),
+                        help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
+
+
+def add_served_name_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--served-model-name", action="append", default=None,
+                        help="name clients use for the model; repeat for aliases (default: the --model value, "
+                             "or the default model's name)")
+
+
+def served_names(args: argparse.Namespace) -> list[str]:
+    from services.gateway.server import default_served_model_name
+
+    return args.served_model_name or [default_served_model_name(args.model)]
+
+
+def add_admission_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("admission control (requests over a bound get RESOURCE_EXHAUSTED / HTTP 429)")
+    group.add_argument("--max-queued-requests", type=int, default=_optional_int("max_queued_requests"),
+                       help="admitted requests without a first token")
+    group.add_argument("--max-queued-prompt-tokens", type=int, default=_optional_int("max_queued_prompt_tokens"),
+                       help="prompt tokens of those requests")
+    group.add_argument("--max-predicted-ttft-ms", type=float, default=_optional_int("max_predicted_ttft_ms"),
+                       help="refuse when the predicted time to first token is longer")
+
+
+def admission_limits(args: argparse.Namespace) -> AdmissionLimits:
+    return AdmissionLimits(args.max_queued_requests, args.max_queued_prompt_tokens, args.max_predicted_ttft_ms)
+
+
+def start_http(args: argparse.Namespace, router_address: str, tokenizer=None,
+               registries: tuple[CollectorRegistry, ...] = ()):
+    """Serve the gateway on a thread; prints its address. Returns the running gateway."""
+    from services.gateway.app import build_app
+    from services.gateway.server import load_gateway_tokenizer, start_gateway_thread
+
+    tokenizer = tokenizer or load_gateway_tokenizer(args.model)
+    app = build_app(router_address, tokenizer, served_names(args), args.api_key, registries)
+    gateway = start_gateway_thread(app, args.host, args.http_port)
+    print(f"tandem HTTP API listening on {gateway.url}", flush=True)
+    return gateway
+
+
+def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> None:
+    """Prometheus text on http://HOST:PORT/metrics, for a router without the HTTP API."""
+    from prometheus_client import start_http_server
+
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    bound = server.server_address[1]
+    print(f"tandem metrics listening on http://{host}:{bound}/metrics", flush=True)
+
+
+def add_gateway_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("gateway", help="serve the OpenAI-compatible HTTP API in front of a router")
+    parser.add_argument("--router", default=_env("router"), required=_env("router") is None,
+                        help="router gRPC address (host:port)")
+    parser.add_argument("--model", default=_env("model"),
+                        help="the router's checkpoint, for its tokenizer (default model if unset)")
+    add_http_args(parser, "--port", 8000)
+    add_served_name_arg(parser)
+    parser.set_defaults(handler=run_gateway)
+
+
+def run_gateway(args: argparse.Namespace, engine_kwargs: dict) -> int:
+    from tandem.mesh_cli import wait_for_signal
+
+    gateway = start_http(args, args.router)
+    wait_for_signal()
+    gateway.stop()
+    return 0
