@@ -13,6 +13,7 @@ from typing import Any
 
 from services.engine.config import EngineConfig
 from services.kvstore.server import serve_kvstore
+from services.router.admission import AdmissionLimits
 from services.router.server import RouterSettings, RunningRouter, start_router
 from services.worker.server import RunningWorker, WorkerConfig, start_worker
 
@@ -48,6 +49,7 @@ def start_embedded_mesh(
     kv_transport: str = "grpc",
     kvstore_metadata: str = "memory",
     kvstore_redis_prefix: str | None = None,
+    admission: AdmissionLimits | None = None,
 ) -> EmbeddedMesh:
     """Start every part on loopback; ``kvstore_metadata`` is "memory" or a ``redis://`` URL."""
     names = served_model_names or ["default"]
@@ -68,6 +70,7 @@ def start_embedded_mesh(
     router = start_router(RouterSettings(
         kvstore=kvstore.address, listen=router_listen, model=engine.model, served_model_names=names,
         max_model_len=engine.max_model_len, disagg_min_tokens=disagg_min_tokens,
+        admission=admission or AdmissionLimits(),
     ))
     router.pool.wait_until_ready(timeout=30)
     return EmbeddedMesh(kvstore, prefill, decode, router)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from services.engine.errors import TandemError
-from tandem import mesh_cli
+from tandem import mesh_cli, serving_cli
 from tandem.mesh_cli import env_default as _env
 
 
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     mesh_cli.add_worker_parser(commands, "decode", _add_engine_args, "decode")
     mesh_cli.add_worker_parser(commands, "worker", _add_engine_args, None)
     mesh_cli.add_router_parser(commands)
+    serving_cli.add_gateway_parser(commands)
     kvstore = commands.add_parser("kvstore", help="run the block registry", add_help=False)
     kvstore.set_defaults(handler=_kvstore)
     return parser

@@ -13,6 +13,8 @@ import os
 import signal
 import threading
 
+from tandem import serving_cli
+
 logger = logging.getLogger(__name__)
 
 
@@ -69,9 +71,14 @@ def add_router_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--kvstore", default=env_default("kvstore"), required=env_default("kvstore") is None)
     parser.add_argument("--prefill", action="append", default=[], help="static prefill worker address (repeatable)")
     parser.add_argument("--decode", action="append", default=[], help="static decode worker address (repeatable)")
-    parser.add_argument("--served-model-name", action="append", default=None)
+    serving_cli.add_served_name_arg(parser)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--disagg-min-tokens", type=int, default=int(env_default("disagg_min_tokens", "32")))
+    serving_cli.add_http_args(parser, "--http-port", None)
+    metrics_port = env_default("metrics_port")
+    parser.add_argument("--metrics-port", type=int, default=int(metrics_port) if metrics_port else None,
+                        help="serve Prometheus metrics on this port when there is no --http-port")
+    serving_cli.add_admission_args(parser)
     parser.set_defaults(handler=run_router)
 
 
@@ -81,11 +88,19 @@ def run_router(args: argparse.Namespace, engine_kwargs: dict) -> int:
     peers = [(a, "prefill") for a in args.prefill] + [(a, "decode") for a in args.decode]
     router = start_router(RouterSettings(
         kvstore=args.kvstore, listen=args.listen, model=args.model,
-        served_model_names=args.served_model_name or ["default"], max_model_len=args.max_model_len,
-        peers=peers, disagg_min_tokens=args.disagg_min_tokens,
+        served_model_names=serving_cli.served_names(args), max_model_len=args.max_model_len,
+        peers=peers, disagg_min_tokens=args.disagg_min_tokens, admission=serving_cli.admission_limits(args),
     ))
     print(f"tandem router listening on {router.address}", flush=True)
+    registry = router.router.metrics.registry
+    gateway = None
+    if args.http_port is not None:
+        gateway = serving_cli.start_http(args, router.address, router.servicer.tokenizer, (registry,))
+    elif args.metrics_port is not None:
+        serving_cli.start_metrics_server(args.host, args.metrics_port, registry)
     wait_for_signal()
+    if gateway is not None:
+        gateway.stop()
     router.stop()
     return 0
 
@@ -94,8 +109,10 @@ def add_serve_parser(commands: argparse._SubParsersAction, add_engine_args) -> N
     parser = commands.add_parser("serve", help="run the whole mesh in this process (the embedded default)")
     add_engine_args(parser)
     parser.add_argument("--listen", default=env_default("listen", "127.0.0.1:50051"), help="router gRPC address")
-    parser.add_argument("--served-model-name", action="append", default=None)
+    serving_cli.add_served_name_arg(parser)
     parser.add_argument("--disagg-min-tokens", type=int, default=int(env_default("disagg_min_tokens", "32")))
+    serving_cli.add_http_args(parser, "--port", 8000)
+    serving_cli.add_admission_args(parser)
     parser.set_defaults(handler=run_serve)
 
 
@@ -105,9 +122,14 @@ def run_serve(args: argparse.Namespace, engine_kwargs: dict) -> int:
 
     mesh = start_embedded_mesh(
         EngineConfig(model=args.model, **engine_kwargs), router_listen=args.listen,
-        served_model_names=args.served_model_name, disagg_min_tokens=args.disagg_min_tokens,
+        served_model_names=serving_cli.served_names(args), disagg_min_tokens=args.disagg_min_tokens,
+        admission=serving_cli.admission_limits(args),
     )
-    print(f"tandem mesh ready: router on {mesh.address}", flush=True)
+    print(f"tandem router listening on {mesh.address}", flush=True)
+    gateway = serving_cli.start_http(
+        args, mesh.address, mesh.router.servicer.tokenizer, (mesh.router.router.metrics.registry,)
+    )
     wait_for_signal()
+    gateway.stop()
     mesh.stop()
     return 0

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from services.router.admission import AdmissionLimits
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from services.gateway.server import RunningGateway
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -27,9 +33,8 @@ def _optional_int(name: str) -> int | None:
 
 def add_http_args(parser: argparse.ArgumentParser, port_flag: str, default_port: int | None) -> None:
     parser.add_argument("--host", default=_env("host", "127.0.0.1"), help="HTTP bind address")
-    parser.add_argument(port_flag, dest="http_port", type=int,
-                        default=_optional_int(port_flag.lstrip("-")) if default_port is None
-                        else int(_env(port_flag.lstrip("-"), str(default_port))),
+    from_env = _optional_int(port_flag.lstrip("-"))
+    parser.add_argument(port_flag, dest="http_port", type=int, default=default_port if from_env is None else from_env,
                         help="HTTP port of the OpenAI-compatible API (0 picks a free one)")
     parser.add_argument("--api-key", default=_env("api_key"),
                         help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
@@ -53,7 +58,8 @@ def add_admission_args(parser: argparse.ArgumentParser) -> None:
                        help="admitted requests without a first token")
     group.add_argument("--max-queued-prompt-tokens", type=int, default=_optional_int("max_queued_prompt_tokens"),
                        help="prompt tokens of those requests")
-    group.add_argument("--max-predicted-ttft-ms", type=float, default=_optional_int("max_predicted_ttft_ms"),
+    ttft = _env("max_predicted_ttft_ms")
+    group.add_argument("--max-predicted-ttft-ms", type=float, default=float(ttft) if ttft else None,
                        help="refuse when the predicted time to first token is longer")
 
 
@@ -61,9 +67,9 @@ def admission_limits(args: argparse.Namespace) -> AdmissionLimits:
     return AdmissionLimits(args.max_queued_requests, args.max_queued_prompt_tokens, args.max_predicted_ttft_ms)
 
 
-def start_http(args: argparse.Namespace, router_address: str, tokenizer=None,
-               registries: tuple[CollectorRegistry, ...] = ()):
-    """Serve the gateway on a thread; prints its address. Returns the running gateway."""
+def start_http(args: argparse.Namespace, router_address: str, tokenizer: PreTrainedTokenizerBase | None = None,
+               registries: tuple[CollectorRegistry, ...] = ()) -> RunningGateway:
+    """Serve the gateway on a thread and print its address."""
     from services.gateway.app import build_app
     from services.gateway.server import load_gateway_tokenizer, start_gateway_thread
 

@@ -52,6 +52,9 @@ class EngineConfig:
     max_num_seqs: int = 256
     enable_prefix_caching: bool = True
     seed: int = 0
+    # "auto" reads the checkpoint's weights; "dummy" fills random weights on the
+    # device from config.json alone (benchmarks of real shapes, no download).
+    load_format: str = "auto"
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

@@ -7,12 +7,12 @@ import dataclasses
 from collections.abc import Iterator
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from kernels.dispatch import select_backend
 from services.engine.config import EngineConfig, parse_dtype
-from services.engine.models.checkpoint import load_checkpoint
-from services.engine.models.decoder import DecoderLM
+from services.engine.models.checkpoint import LoadedCheckpoint, load_checkpoint, model_fingerprint
+from services.engine.models.decoder import DecoderLM, DecoderShape
 from services.engine.models.default_model import default_model_path
 from services.engine.sampling_params import SamplingParams
 from services.engine.tokenizer import eos_token_ids, load_tokenizer
@@ -58,9 +58,32 @@ def _working_dtype(requested: str, source: torch.dtype, device: torch.device) ->
     return source if source in (torch.bfloat16, torch.float16) else torch.bfloat16
 
 
+@dataclasses.dataclass
+class _DummyCheckpoint:
+    """A config.json (and tokenizer) without weights: random weights are drawn on the device."""
+
+    hf_config: PretrainedConfig
+    architecture: str
+    tokenizer_source: str
+    source_dtype: torch.dtype = torch.bfloat16
+    generation_eos_token_ids: tuple[int, ...] = ()
+
+    def fingerprint(self, dtype: torch.dtype) -> str:
+        return model_fingerprint(self.hf_config, dtype, "dummy-weights")
+
+
+def _open(path: str, load_format: str) -> LoadedCheckpoint | _DummyCheckpoint:
+    if load_format == "auto":
+        return load_checkpoint(path)
+    if load_format != "dummy":
+        raise ValueError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
+    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+    return _DummyCheckpoint(hf_config, DecoderShape.from_hf_config(hf_config).architecture, path)
+
+
 def load_model(config: EngineConfig) -> LoadedModel:
     path = config.model or default_model_path()
-    checkpoint = load_checkpoint(path)
+    checkpoint = _open(path, config.load_format)
     hf_config = checkpoint.hf_config
     device = config.resolved_device()
     dtype = _working_dtype(config.dtype, checkpoint.source_dtype, device)
@@ -75,7 +98,10 @@ def load_model(config: EngineConfig) -> LoadedModel:
 
     with torch.device(device), _default_dtype(dtype):
         model = DecoderLM(hf_config, select_backend(device), max_positions=max_model_len)
-    model.load_weights(checkpoint.iter_weights())
+    if isinstance(checkpoint, _DummyCheckpoint):
+        model.init_dummy_weights()
+    else:
+        model.load_weights(checkpoint.iter_weights())
     model.build_rope(device)
     model.eval()
 

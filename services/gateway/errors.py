@@ -74,34 +74,44 @@ def from_rpc(error: TandemRpcError) -> ApiError:
     return ApiError(status, message, type_, None, code, retry)
 
 
+# Labels pydantic puts in an error's location for the branch of a union it tried.
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
 def _param(loc: tuple) -> str | None:
-    """``("body", "messages", 0, "content")`` -> ``"messages[0].content"``."""
-    parts = [p for p in loc if p != "body"]
+    """``("body", "messages", 0, "content", "str")`` -> ``"messages[0].content"``."""
     text = ""
-    for part in parts:
+    for part in loc:
+        if part == "body" and not text:
+            continue
         if isinstance(part, int):
             text += f"[{part}]"
-        elif not text:
-            text = str(part)
-        elif not part[:1].isalpha() and part not in ("str", "int"):
-            break  # pydantic's union-branch labels ("list[int]") are not parameter names
+        elif part in _TYPE_LABELS or not str(part).isidentifier():
+            continue  # a union branch label, not a parameter name
         else:
-            text += f".{part}"
+            text += f".{part}" if text else str(part)
     return text or None
 
 
 def validation_error(exc: RequestValidationError) -> ApiError:
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
-    if first.get("type") == "json_invalid":
+    if any(e.get("type") == "json_invalid" for e in errors):
         return bad_request("the request body is not valid JSON")
-    param = _param(tuple(first.get("loc", ())))
-    message = str(first.get("msg", "invalid value"))
-    if param:
-        message = f"{param}: {message}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problems)"
-    return bad_request(message, param)
+    problems: list[str] = []
+    for error in errors:
+        where = _param(tuple(error.get("loc", ())))
+        problem = f"{where}: {error.get('msg', 'invalid value')}" if where else str(error.get("msg", "invalid value"))
+        if problem not in problems:
+            problems.append(problem)
+    params = [_param(tuple(e.get("loc", ()))) for e in errors]
+    # The parameter named is the top-level one (where a union's branches all failed, each
+    # branch reports its own path below it).
+    top = next((p for p in params if p), None)
+    top = top.split("[", 1)[0].split(".", 1)[0] if top else None
+    message = "; ".join(problems[:3]) or "invalid request"
+    if len(problems) > 3:
+        message += f" (and {len(problems) - 3} more)"
+    return bad_request(message, top)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -225,6 +225,19 @@ class DecoderLM(nn.Module):
         from services.engine.models.weight_map import WeightMapper
 
         WeightMapper(self).load(weights)
+        self._prepare_linears()
+
+    def init_dummy_weights(self, std: float = 0.02, seed: int = 0) -> None:
+        """Random weights where they live (norm gains 1), for benchmarks of real shapes."""
+        generator = torch.Generator(device=self.embed_tokens.device).manual_seed(seed)
+        for name, param in self.named_parameters():
+            if name.endswith(("layernorm", "norm")):
+                param.data.fill_(1.0)
+            else:
+                param.data.normal_(0.0, std, generator=generator)
+        self._prepare_linears()
+
+    def _prepare_linears(self) -> None:
         for module in self.modules():
             if isinstance(module, Linear):
                 module.prepare()

@@ -1,0 +1,88 @@
+"""Offline throughput on a GPU: tandem vs HF transformers ``generate``, same prompts, same run.
+
+A Llama-3.1-8B-shaped model with random bf16 weights (built on the GPU). Each
+workload is ``--num-prompts`` random prompts of ``isl`` tokens, ``osl`` greedy
+output tokens each, EOS ignored. HF runs the same prompts as one batch.
+
+    python -m bench.gpu_offline_throughput [--workloads 128/128 512/128 1000/1000] [--num-prompts 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import emit
+from bench.real_shapes import LLAMA_31_8B, write_model_folder
+
+
+def run_tandem(folder: Path, prompts: list[list[int]], osl: int, max_len: int) -> float:
+    from tandem import LLM, SamplingParams
+
+    llm = LLM(model=str(folder), load_format="dummy", dtype="bfloat16", device="cuda", max_model_len=max_len,
+              kv_cache_memory_fraction=0.6, max_num_seqs=256, max_num_batched_tokens=8192)
+    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=osl, ignore_eos=True))
+    elapsed = time.perf_counter() - start
+    assert all(len(o.outputs[0].token_ids) == osl for o in outputs)
+    del llm
+    gc.collect()
+    torch.cuda.empty_cache()
+    return elapsed
+
+
+def run_hf(prompts: list[list[int]], osl: int) -> float:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(**{k: v for k, v in LLAMA_31_8B.items() if k not in ("architectures", "model_type")})
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    ids = torch.tensor(prompts, device="cuda")
+    kwargs = dict(do_sample=False, max_new_tokens=osl, eos_token_id=None, pad_token_id=0,
+                  attention_mask=torch.ones_like(ids))
+    with torch.inference_mode():
+        model.generate(ids[:2], **{**kwargs, "max_new_tokens": 4, "attention_mask": torch.ones_like(ids[:2])})
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = model.generate(ids, **kwargs)
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    assert out.shape[1] == ids.shape[1] + osl
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workloads", nargs="+", default=["128/128", "512/128", "1000/1000"])
+    parser.add_argument("--num-prompts", type=int, default=128)
+    parser.add_argument("--hf-max-isl-plus-osl", type=int, default=700, help="skip HF beyond this length")
+    args = parser.parse_args()
+    folder = write_model_folder(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
+    rng = random.Random(0)
+    for workload in args.workloads:
+        isl, osl = (int(x) for x in workload.split("/"))
+        prompts = [[rng.randrange(2, 128000) for _ in range(isl)] for _ in range(args.num_prompts)]
+        tokens = osl * len(prompts)
+        t_elapsed = run_tandem(folder, prompts, osl, isl + osl + 16)
+        record = dict(model="Llama-3.1-8B shape, random bf16", isl=isl, osl=osl, num_prompts=len(prompts),
+                      output_tok_per_s=round(tokens / t_elapsed, 1), elapsed_s=round(t_elapsed, 2))
+        if isl + osl <= args.hf_max_isl_plus_osl:
+            h_elapsed = run_hf(prompts, osl)
+            record.update(hf_output_tok_per_s=round(tokens / h_elapsed, 1), hf_batch=len(prompts),
+                          ratio_to_hf=round(h_elapsed / t_elapsed, 2))
+        emit("offline_throughput", **record)
+
+
+if __name__ == "__main__":
+    main()
