@@ -51,7 +51,7 @@ def attend_tile(
 
     s = mm(q, tl.trans(k), UPCAST, PRECISION) * scale_log2e  # [BLOCK_M, BLOCK_N]
     if MASKED:
-        s = tl.where(pos[None, :] < q_pos[:, None], s, float("-inf"))
+        s = tl.where(pos[None, :] <= q_pos[:, None], s, float("-inf"))
     # Every row has seen at least one unmasked key before (or in) this tile,
     # so m_new is finite and no exp2(-inf - -inf) NaN appears.
     m_new = tl.maximum(m_i, tl.max(s, 1))

@@ -129,7 +129,7 @@ def _decode_reduce_kernel(
     if tl.load(query_start_loc_ptr + seq + 1) - q_start != 1:
         return
     # Splits past the sequence end wrote nothing: read only the live ones.
-    live = tl.cdiv(tl.load(seq_lens_ptr + seq), partition_size)
+    live = num_splits
     offs_s = tl.arange(0, BLOCK_S)
     mask = offs_s < live
     rows = (seq * tl.num_programs(1) + head) * num_splits + offs_s

@@ -94,24 +94,23 @@ def _param(loc: tuple) -> str | None:
 
 
 def validation_error(exc: RequestValidationError) -> ApiError:
-    errors = exc.errors()
+    errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
         return bad_request("the request body is not valid JSON")
+    # A value that failed a union (a prompt is text, texts, ids or id lists) fails every
+    # branch; a broken constraint ("must be >= 0") says more than a wrong-type branch.
+    errors.sort(key=lambda e: str(e.get("type", "")).endswith("_type"))
     problems: list[str] = []
     for error in errors:
         where = _param(tuple(error.get("loc", ())))
         problem = f"{where}: {error.get('msg', 'invalid value')}" if where else str(error.get("msg", "invalid value"))
         if problem not in problems:
             problems.append(problem)
-    params = [_param(tuple(e.get("loc", ()))) for e in errors]
-    # The parameter named is the top-level one (where a union's branches all failed, each
-    # branch reports its own path below it).
-    top = next((p for p in params if p), None)
-    top = top.split("[", 1)[0].split(".", 1)[0] if top else None
     message = "; ".join(problems[:3]) or "invalid request"
     if len(problems) > 3:
         message += f" (and {len(problems) - 3} more)"
-    return bad_request(message, top)
+    param = _param(tuple(errors[0].get("loc", ()))) if errors else None
+    return bad_request(message, param)
 
 
 def install_error_handlers(app: FastAPI) -> None:
