@@ -32,26 +32,16 @@ import triton
 import triton.testing
 
 from kernels.attention_metadata import AttentionMetadata
+from bench.common import git_commit
 from kernels.triton import paged_attention
 from kernels.triton.decode_attention import DecodeConfig, decode_attention, decode_config
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
 
 
-def commit() -> str:
-    """``git rev-parse --short HEAD``; the device machine's copy has no .git, so TANDEM_COMMIT wins."""
-    if os.environ.get("TANDEM_COMMIT"):
-        return os.environ["TANDEM_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def emit(**fields: object) -> None:
     record = {"bench": "attention_bandwidth", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "triton": triton.__version__, "commit": commit(), **fields}
+              "triton": triton.__version__, "commit": git_commit(), **fields}
     print(json.dumps(record), flush=True)
 
 
@@ -139,7 +129,7 @@ def run_table(copy_gbps: float, l2_bytes: int) -> None:
     del warm
     for block_size, batch, context in itertools.product((16, 64), (1, 64, 256), (1024, 4096)):
         inputs = DecodeInputs(batch, context, block_size, l2_bytes)
-        config = decode_config(batch, NUM_KV_HEADS, context, HEAD_DIM, block_size, torch.device("cuda"))
+        config = decode_config(batch, NUM_KV_HEADS, context, HEAD_DIM, torch.device("cuda"))
         nbytes = inputs.bytes_read()
         ms = median_ms(inputs.engine_call)
         b2b_ms = inputs.graph_ms(None)
@@ -164,7 +154,7 @@ def run_sweep(copy_gbps: float, l2_bytes: int) -> None:
     shapes = [(1, 1024), (1, 4096), (16, 1024), (16, 4096), (64, 1024), (64, 4096), (256, 1024)]
     for batch, context in shapes:
         inputs = DecodeInputs(batch, context, 16, l2_bytes)
-        rule = decode_config(batch, NUM_KV_HEADS, context, HEAD_DIM, 16, torch.device("cuda"))
+        rule = decode_config(batch, NUM_KV_HEADS, context, HEAD_DIM, torch.device("cuda"))
         for (block_n, warps, stages, maxnreg), splits in itertools.product(tiles, (1, 2, 4, 8, 16, 32)):
             partition = triton.cdiv(triton.cdiv(context, splits), block_n) * block_n
             config = DecodeConfig(block_n, triton.cdiv(context, partition), partition, warps, stages, maxnreg)

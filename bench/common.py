@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -13,6 +14,9 @@ import torch
 
 
 def git_commit() -> str:
+    """The commit measured; the device machine's copy has no .git, so ``TANDEM_COMMIT`` wins."""
+    if os.environ.get("TANDEM_COMMIT"):
+        return os.environ["TANDEM_COMMIT"]
     try:
         root = Path(__file__).resolve().parent.parent
         out = subprocess.run(

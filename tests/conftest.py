@@ -8,8 +8,9 @@ import pytest
 
 from tests.fixtures.tiny_models import TINY_ARCHS, build_tiny_checkpoint
 
-# Fixtures of the kvstore tests: a real Redis, in-process stores, the shm leak check.
-pytest_plugins = ["tests.redis_server", "tests.kvstore_helpers"]
+# Fixtures of the kvstore tests: a real Redis, in-process stores, the shm leak check;
+# of the gateway tests: a `tandem serve` subprocess of the tiny Llama.
+pytest_plugins = ["tests.redis_server", "tests.kvstore_helpers", "tests.gateway_harness"]
 
 
 @pytest.fixture(scope="session")

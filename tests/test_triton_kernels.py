@@ -197,17 +197,17 @@ def test_decode_split_k_writes_only_decode_rows(num_splits, partition, block_siz
 
 def test_decode_config_rule():
     cpu = torch.device("cpu")  # the interpreter's rule sees 4 SMs
-    small = decode_config(1, 1, 1000, 128, 16, cpu)
+    small = decode_config(1, 1, 1000, 128, cpu)
     assert small.num_splits > 1 and small.num_splits * small.partition_size >= 1000
     assert small.partition_size % small.block_n == 0
-    assert decode_config(256, 8, 4096, 128, 16, cpu).num_splits == 1  # enough programs already
-    assert decode_config(1, 1, 40, 128, 16, cpu).num_splits == 1  # too short to split
+    assert decode_config(256, 8, 4096, 128, cpu).num_splits == 1  # enough programs already
+    assert decode_config(1, 1, 40, 128, cpu).num_splits == 1  # too short to split
 
 
 def test_paged_attention_single_long_decode_splits_by_rule():
     """One sequence, one KV head: the rule splits its keys (5 splits on the interpreter's 4 "SMs")."""
     case = make_attention_case([(300, 1)], 4, 1, 64, 16, torch.float32, DEVICE, seed=8)
-    assert decode_config(1, 1, 301, 64, 16, DEVICE).num_splits > 1 or DEVICE.type == "cuda"
+    assert decode_config(1, 1, 301, 64, DEVICE).num_splits > 1 or DEVICE.type == "cuda"
     ref.write_kv_cache(case.new_keys, case.new_values, case.key_cache, case.value_cache, case.meta.slot_mapping)
     got = tk.paged_attention(case.query, case.key_cache, case.value_cache, case.meta, 0.125)
     assert relative_error(got, attention_oracle(case, 0.125)) < 1e-5

@@ -129,7 +129,7 @@ def _decode_reduce_kernel(
     if tl.load(query_start_loc_ptr + seq + 1) - q_start != 1:
         return
     # Splits past the sequence end wrote nothing: read only the live ones.
-    live = num_splits
+    live = tl.cdiv(tl.load(seq_lens_ptr + seq), partition_size)
     offs_s = tl.arange(0, BLOCK_S)
     mask = offs_s < live
     rows = (seq * tl.num_programs(1) + head) * num_splits + offs_s
@@ -163,7 +163,7 @@ MAX_SPLITS = 64
 
 
 def decode_config(
-    batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int, block_size: int, device: torch.device
+    batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int, device: torch.device
 ) -> DecodeConfig:
     """Launch settings by rule: ~16 KB of K per tile, three stages deep, split only to fill the GPU."""
     block_n = 64 if head_dim >= 128 else 128
@@ -197,11 +197,13 @@ def decode_attention(
     step, the new one included); query_start_loc [B + 1] int32.
     """
     check_cache_layout(key_cache, value_cache)
+    if query.stride(-1) != 1 or out.stride(-1) != 1:
+        raise ValueError("query and out must have a contiguous head_dim")
     _, block_size, num_kv_heads, head_dim = key_cache.shape
     num_heads = query.shape[1]
     batch = block_tables.shape[0]
     if config is None:
-        config = decode_config(batch, num_kv_heads, max_seq_len, head_dim, block_size, query.device)
+        config = decode_config(batch, num_kv_heads, max_seq_len, head_dim, query.device)
     if config.num_splits * config.partition_size < max_seq_len or config.partition_size % config.block_n:
         raise ValueError(f"{config} does not cover {max_seq_len} keys in whole tiles")
     group = num_heads // num_kv_heads

@@ -147,6 +147,8 @@ def prefill_attention(
     e.g. from ``meta.prefills``); it only sizes the grid.
     """
     check_cache_layout(key_cache, value_cache)
+    if query.stride(-1) != 1 or out.stride(-1) != 1:
+        raise ValueError("query and out must have a contiguous head_dim")
     _, block_size, num_kv_heads, head_dim = key_cache.shape
     num_heads = query.shape[1]
     config = prefill_config(num_heads, num_kv_heads, head_dim)
