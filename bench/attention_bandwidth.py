@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import asdict
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 
 from services.common.convert import sampling_to_proto
 from services.common.grpc_server import channel
