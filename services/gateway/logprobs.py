@@ -65,7 +65,11 @@ class CompletionLogprobsBuilder:
                 out.top_logprobs.append(None)
                 continue
             out.token_logprobs.append(finite(entry.logprob))
-            out.top_logprobs.append({self.texts.text(t.token_id): finite(t.logprob) for t in _top(entry, self.k)})
+            top: dict[str, float] = {}
+            for alternative in _top(entry, self.k):
+                # Keyed by text, two tokens can collide (partial UTF-8 both decode to U+FFFD): keep the likelier.
+                top.setdefault(self.texts.text(alternative.token_id), finite(alternative.logprob))
+            out.top_logprobs.append(top)
         return out
 
 
