@@ -46,7 +46,7 @@ def start_embedded_mesh(
     served_model_names: list[str] | None = None,
     kvstore_capacity_bytes: int = DEFAULT_KVSTORE_CAPACITY,
     disagg_min_tokens: int = 32,
-    kv_transport: str = "grpc",
+    kv_transport: str = "auto",
     kvstore_metadata: str = "memory",
     kvstore_redis_prefix: str | None = None,
     admission: AdmissionLimits | None = None,

@@ -35,7 +35,7 @@ def add_worker_parser(commands: argparse._SubParsersAction, name: str, add_engin
     add_engine_args(parser)
     parser.add_argument("--listen", default=env_default("listen", "127.0.0.1:0"))
     parser.add_argument("--kvstore", default=env_default("kvstore"), help="kvstore address (host:port)")
-    parser.add_argument("--kv-transport", default=env_default("kv_transport", "grpc"), choices=["grpc", "shm"])
+    parser.add_argument("--kv-transport", default=env_default("kv_transport", "auto"), choices=["auto", "grpc", "shm"])
     parser.add_argument("--worker-id", default=env_default("worker_id"))
     parser.add_argument("--served-model-name", default=env_default("served_model_name", "default"))
     if role is None:

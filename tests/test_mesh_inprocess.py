@@ -124,3 +124,28 @@ def _generates(client: MeshClient, p: list[int], expected: list[int]) -> bool:
         return client.generate(p, PARAMS)[0] == expected
     except grpc.RpcError:
         return False
+
+
+def test_colocated_worker_serves_both_roles(tiny_checkpoints, offline):
+    """A small deployment: one worker started as prefill and decode at once."""
+    from services.router.server import RouterSettings, start_router
+    from services.worker.server import WorkerConfig, start_worker
+
+    kvstore = serve_kvstore("127.0.0.1:0", capacity_bytes=1 << 30)
+    worker = start_worker(WorkerConfig(role="both", kvstore=kvstore.address, worker_id="both-0",
+                                       engine=engine_config(tiny_checkpoints["qwen2"])))
+    router = start_router(RouterSettings(kvstore=kvstore.address, model=str(tiny_checkpoints["qwen2"]),
+                                         disagg_min_tokens=16))
+    try:
+        assert router.pool.wait_until_ready(timeout=30)
+        client = MeshClient(router.address, kvstore.address)
+        prompts = [prompt(10 + i, length) for i, length in enumerate((5, 40, 90))]
+        for p in prompts:
+            assert client.generate(p, PARAMS)[0] == offline.generate([p], PARAMS)[0].outputs[0].token_ids
+        # Long prompts went through its Prefill service, short ones straight to Decode.
+        assert worker.worker.counters["prefill_requests"] == 2
+        assert worker.worker.counters["decode_requests"] == 3
+    finally:
+        router.stop()
+        worker.stop()
+        kvstore.stop()

@@ -58,11 +58,20 @@ class EventWatch:
         self.cancel()
 
 
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def same_host(address: str) -> bool:
+    """Whether the store at ``address`` shares this host's shared memory (loopback addresses)."""
+    host = address.rpartition(":")[0]
+    return (host in _LOOPBACK_HOSTS or host.startswith("127.")) and os.path.isdir("/dev/shm")
+
+
 class KvStoreClient:
     def __init__(
         self,
         address: str,
-        transport: str = "grpc",
+        transport: str = "auto",
         *,
         timeout_s: float = 30.0,
         producer_id: str | None = None,
@@ -73,6 +82,8 @@ class KvStoreClient:
         self._timeout_s = timeout_s
         self._channel = channel(address)
         self._stub = kvstore_pb2_grpc.KvStoreStub(self._channel)
+        if transport == "auto":
+            transport = "shm" if same_host(address) else "grpc"
         self.transport = make_transport(transport, self._stub, timeout_s=timeout_s, producer_id=self.producer_id)
 
     def _call(self, method: Callable[..., _Response], request: object) -> _Response:

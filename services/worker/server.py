@@ -33,7 +33,8 @@ class WorkerConfig:
     role: str
     listen: str = "127.0.0.1:0"
     kvstore: str | None = None
-    kv_transport: str = "grpc"
+    # "auto": shared memory when the kvstore is on this host, gRPC streaming otherwise.
+    kv_transport: str = "auto"
     served_model_name: str = "default"
     worker_id: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:8]}")
     engine: EngineConfig = field(default_factory=EngineConfig)
