@@ -149,3 +149,17 @@ def test_colocated_worker_serves_both_roles(tiny_checkpoints, offline):
         router.stop()
         worker.stop()
         kvstore.stop()
+
+
+def test_mesh_keeps_serving_while_the_kvstore_is_down(tiny_checkpoints, offline):
+    mesh = start_embedded_mesh(engine_config(tiny_checkpoints["qwen2"]), disagg_min_tokens=16)
+    try:
+        client = MeshClient(mesh.address, mesh.kvstore.address)
+        mesh.kvstore.stop()
+        p = prompt(4)
+        # The registry only saves work: without it, prompts are recomputed, tokens unchanged.
+        assert client.generate(p, PARAMS)[0] == offline.generate([p], PARAMS)[0].outputs[0].token_ids
+        counters = mesh.prefill.worker.counters
+        assert counters["registry_errors"] >= 1 and counters["publish_errors"] >= 1
+    finally:
+        mesh.stop()

@@ -32,7 +32,16 @@ PUBLIC_RESPONSES: dict[int | str, dict[str, Any]] = {
 GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The completion, or with stream=true server-sent events ending with 'data: [DONE]'.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # Before OpenAPI 3.2's itemSchema, an event stream's schema describes one event.
+        "content": {"text/event-stream": {"schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {"type": "string", "description": "A JSON chunk (object 'text_completion' or "
+                         "'chat.completion.chunk'), an error object, or [DONE] last."},
+                "event": {"type": "string"},
+            },
+        }}},
     },
     400: _error("A parameter is invalid, or the prompt plus max_tokens exceeds the context."),
     404: _error("Unknown model name."),

@@ -31,6 +31,7 @@ import grpc
 from services.common.convert import sampling_to_proto
 from services.engine.block_hash import BlockHash, hash_full_blocks, root_block_hash
 from services.engine.sampling_params import SamplingParams
+from services.kvstore.errors import KvStoreError
 from services.router.admission import AdmissionController, AdmissionLimits, AdmissionRefused
 from services.router.metrics import RouterMetrics
 from services.router.placement import BlockLocality, pick_decode, pick_prefill
@@ -189,7 +190,7 @@ class Router:
 
     def _sample(self, call: SampleCall, prompt_ids: list[int], params: SamplingParams) -> Iterator[worker_pb2.TokenDelta]:
         hashes = self.block_hashes(prompt_ids)
-        cached_blocks = self.kvstore.lookup(hashes) if hashes else 0
+        cached_blocks = self._cached_blocks(hashes)
         self.metrics.observe_prefix_lookup(len(prompt_ids), cached_blocks * self.config.block_size)
         uncached = len(prompt_ids) - cached_blocks * self.config.block_size
         sampling = sampling_to_proto(params)
@@ -207,6 +208,16 @@ class Router:
         if not decode_request.HasField("first_token_id"):
             self.counters["prefill_on_decode"] += 1
         yield from self._decode(call, decode_request, hashes)
+
+    def _cached_blocks(self, hashes: list[BlockHash]) -> int:
+        """The registry's cached prefix; 0 when the registry is unreachable (workers recompute)."""
+        if not hashes:
+            return 0
+        try:
+            return self.kvstore.lookup(hashes)
+        except KvStoreError as exc:
+            logger.warning("kvstore lookup failed (%s); placing as if nothing were cached", type(exc).__name__)
+            return 0
 
     def _prefill(self, call: SampleCall, prompt_ids: list[int], sampling: common_pb2.SamplingParams,
                  hashes: list[BlockHash]) -> worker_pb2.PrefillResponse | None:
