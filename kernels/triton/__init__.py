@@ -7,7 +7,8 @@ Every kernel also runs on CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 
 from kernels.triton.activation import silu_and_mul
 from kernels.triton.kv_cache import write_kv_cache
-from kernels.triton.linear import linear, prepare_linear_weight
+# Linear layers stay on cuBLAS (the reference op): at serving shapes it is at the matrix-unit roofline.
+from kernels.reference.linear import linear, prepare_linear_weight
 from kernels.triton.paged_attention import paged_attention
 from kernels.triton.rms_norm import rms_norm
 from kernels.triton.rope import apply_rope
