@@ -29,10 +29,10 @@ import torch
 import triton
 import triton.testing
 
-from kernels.attention_metadata import AttentionMetadata
 from bench.common import git_commit
+from kernels.attention_metadata import AttentionMetadata
 from kernels.triton import paged_attention
-from kernels.triton.decode_attention import DecodeConfig, decode_attention, decode_config
+from kernels.triton.decode_attention import DecodeConfig, decode_attention, decode_config, partition_size_for
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
 
@@ -154,8 +154,9 @@ def run_sweep(copy_gbps: float, l2_bytes: int) -> None:
         inputs = DecodeInputs(batch, context, 16, l2_bytes)
         rule = decode_config(batch, NUM_KV_HEADS, context, HEAD_DIM, torch.device("cuda"))
         for (block_n, warps, stages, maxnreg), splits in itertools.product(tiles, (1, 2, 4, 8, 16, 32)):
-            partition = triton.cdiv(triton.cdiv(context, splits), block_n) * block_n
-            config = DecodeConfig(block_n, triton.cdiv(context, partition), partition, warps, stages, maxnreg)
+            # As many splits as actually get keys (partitions are whole tiles).
+            used = triton.cdiv(context, partition_size_for(context, splits, block_n))
+            config = DecodeConfig(block_n, used, warps, stages, maxnreg)
             ms = inputs.graph_ms(config, rep=60)
             emit(sweep=True, batch=batch, context=context, block_size=16, config=asdict(config),
                  rule=asdict(rule), time_us=round(ms * 1e3, 2),

@@ -2,17 +2,20 @@
 
 For batch sizes 1, 64 and 256 with ``--context`` tokens already in the paged
 cache (random KV), time one decode step: the full runner path (inputs built on
-the host, forward, greedy sampling, token ids back on the host) and the model
-forward alone. The roofline is (weight bytes + KV bytes read) / bandwidth,
+the host, forward, greedy sampling, token ids back on the host) replaying the
+step's CUDA graph, the same step forced eager, and the forward plus logits
+alone, both ways. The roofline is (weight bytes + KV bytes read) / bandwidth,
 where bandwidth is a device-to-device copy measured in the same run.
+``--profile`` also prints the GPU time per kernel of the graphed step.
 
-    python -m bench.decode_step [--batches 1 64 256] [--context 1024]
+    python -m bench.decode_step [--batches 1 64 256] [--context 1024] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,10 +50,60 @@ def decode_chunks(engine: LLMEngine, batch: int, context: int) -> list[Scheduled
     return chunks
 
 
+def median_ms(fn: Callable[[], object]) -> float:
+    return float(triton.testing.do_bench(fn, warmup=20, rep=200, return_mode="median"))
+
+
+def print_kernel_profile(fn: Callable[[], object], label: str, steps: int = 20) -> None:
+    """GPU time per kernel over ``steps`` calls (kernels inside graph replays included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    print(f"--- {label}: GPU time per kernel, {steps} steps ---")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70))
+
+
+def time_batch(engine: LLMEngine, batch: int, context: int, profile: bool) -> dict[str, float | bool]:
+    """Step and forward times of one decode batch, graphed (when it fits a graph) and eager."""
+    runner = engine.runner
+    chunks = decode_chunks(engine, batch, context)
+    step = SchedulerOutput(chunks=chunks)
+    graph_steps = runner.num_graph_steps
+    step_ms = median_ms(lambda: runner.execute(step))
+    # Only a step that really replayed a graph reports cuda_graphs: true.
+    graphed = runner.num_graph_steps > graph_steps
+    eager_step_ms = median_ms(lambda: runner.execute(step, use_cuda_graphs=False))
+    inputs = build_batch_inputs(chunks, engine.kv_cache.block_size, runner.device, slot_views=False)
+
+    def forward() -> torch.Tensor:
+        hidden = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta)
+        return runner.model.compute_logits(hidden[inputs.sample_token_index])
+
+    def graph_forward() -> torch.Tensor:
+        assert runner.decode_graphs is not None
+        return runner.model.compute_logits(runner.decode_graphs.run(chunks))
+
+    with torch.inference_mode():
+        forward_ms = median_ms(forward)
+        graph_forward_ms = median_ms(graph_forward) if graphed else forward_ms
+    if profile:
+        print_kernel_profile(lambda: runner.execute(step), f"batch {batch}, cuda_graphs={graphed}")
+    for chunk in chunks:
+        engine.kv_cache.free(chunk.request)
+    return {"ms": step_ms, "forward_ms": graph_forward_ms, "eager_ms": eager_step_ms,
+            "eager_forward_ms": forward_ms, "cuda_graphs": graphed}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     folder = write_model_folder(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
     blocks_needed = sum(-(-(args.context + 1) // 16) for _ in range(max(args.batches))) + 64
@@ -64,27 +117,21 @@ def main() -> None:
     shape = engine.runner.model.shape
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
     kv_token_bytes = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * 2
+    graphs = engine.runner.decode_graphs
+    capture = {}
+    if graphs is not None:
+        capture = {"capture_s": round(graphs.capture_seconds, 2), "graph_sizes": len(graphs.sizes),
+                   "capture_mib": round(graphs.capture_bytes / 2**20, 1)}
     for batch in args.batches:
-        chunks = decode_chunks(engine, batch, args.context)
-        step = SchedulerOutput(chunks=chunks)
-        runner = engine.runner
-        step_ms = triton.testing.do_bench(lambda: runner.execute(step), warmup=20, rep=200, return_mode="median")
-        inputs = build_batch_inputs(chunks, engine.kv_cache.block_size, runner.device)
-
-        def forward() -> torch.Tensor:
-            hidden = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta)
-            return runner.model.compute_logits(hidden[inputs.sample_token_index])
-
-        with torch.inference_mode():
-            forward_ms = triton.testing.do_bench(forward, warmup=20, rep=200, return_mode="median")
-        kv_bytes = batch * (args.context + 1) * kv_token_bytes
-        roofline_ms = (weight_bytes + kv_bytes) / bandwidth * 1e3
+        t = time_batch(engine, batch, args.context, args.profile)
+        roofline_ms = (weight_bytes + batch * (args.context + 1) * kv_token_bytes) / bandwidth * 1e3
         emit("decode_step", model="Llama-3.1-8B shape, random bf16", batch=batch, context=args.context,
-             ms=round(step_ms, 3), forward_ms=round(forward_ms, 3), roofline_ms=round(roofline_ms, 3),
-             ratio_to_roofline=round(step_ms / roofline_ms, 3), copy_bandwidth_gb_s=round(bandwidth / 1e9, 1),
-             kernels=runner.kernel_backend, cuda_graphs=False)
-        for chunk in chunks:
-            engine.kv_cache.free(chunk.request)
+             ms=round(t["ms"], 3), forward_ms=round(t["forward_ms"], 3),
+             eager_ms=round(t["eager_ms"], 3), eager_forward_ms=round(t["eager_forward_ms"], 3),
+             roofline_ms=round(roofline_ms, 3), ratio_to_roofline=round(t["ms"] / roofline_ms, 3),
+             eager_ratio_to_roofline=round(t["eager_ms"] / roofline_ms, 3),
+             copy_bandwidth_gb_s=round(bandwidth / 1e9, 1), kernels=engine.runner.kernel_backend,
+             cuda_graphs=t["cuda_graphs"], **capture)
 
 
 if __name__ == "__main__":

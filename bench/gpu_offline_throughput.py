@@ -5,6 +5,7 @@ workload is ``--num-prompts`` random prompts of ``isl`` tokens, ``osl`` greedy
 output tokens each, EOS ignored. HF runs the same prompts as one batch.
 
     python -m bench.gpu_offline_throughput [--workloads 128/128 512/128 1000/1000] [--num-prompts 128]
+        [--no-cuda-graphs] [--hf-max-isl-plus-osl 0]
 """
 
 from __future__ import annotations
@@ -22,21 +23,32 @@ from bench.common import emit
 from bench.real_shapes import LLAMA_31_8B, write_model_folder
 
 
-def run_tandem(folder: Path, prompts: list[list[int]], osl: int, max_len: int) -> float:
+def run_tandem(
+    folder: Path, prompts: list[list[int]], osl: int, max_len: int, cuda_graphs: bool
+) -> tuple[float, float]:
+    """Seconds to generate, and MiB the CUDA graphs took at start-up (0 when off)."""
     from tandem import LLM, SamplingParams
 
     llm = LLM(model=str(folder), load_format="dummy", dtype="bfloat16", device="cuda", max_model_len=max_len,
-              kv_cache_memory_fraction=0.6, max_num_seqs=256, max_num_batched_tokens=8192)
-    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+              kv_cache_memory_fraction=0.6, max_num_seqs=256, max_num_batched_tokens=8192,
+              cuda_graphs=cuda_graphs)
+    # Warm-up of the workload's shape on other random prompts (no prefix-cache
+    # hits later): its prefill steps mix as many sequences as the timed run's,
+    # so every kernel variant is compiled before the clock starts.
+    rng = random.Random(1)
+    warmup = [[rng.randrange(2, 128000) for _ in range(len(prompts[0]))] for _ in prompts]
+    llm.generate(warmup, SamplingParams(temperature=0, max_tokens=min(osl, 24), ignore_eos=True))
     torch.cuda.synchronize()
     start = time.perf_counter()
     outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=osl, ignore_eos=True))
     elapsed = time.perf_counter() - start
     assert all(len(o.outputs[0].token_ids) == osl for o in outputs)
+    graphs = llm.engine.runner.decode_graphs
+    capture_mib = graphs.capture_bytes / 2**20 if graphs is not None else 0.0
     del llm
     gc.collect()
     torch.cuda.empty_cache()
-    return elapsed
+    return elapsed, capture_mib
 
 
 def run_hf(prompts: list[list[int]], osl: int) -> float:
@@ -67,6 +79,7 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["128/128", "512/128", "1000/1000"])
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--hf-max-isl-plus-osl", type=int, default=700, help="skip HF beyond this length")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="run tandem's decode steps eagerly")
     args = parser.parse_args()
     folder = write_model_folder(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
     rng = random.Random(0)
@@ -74,9 +87,10 @@ def main() -> None:
         isl, osl = (int(x) for x in workload.split("/"))
         prompts = [[rng.randrange(2, 128000) for _ in range(isl)] for _ in range(args.num_prompts)]
         tokens = osl * len(prompts)
-        t_elapsed = run_tandem(folder, prompts, osl, isl + osl + 16)
+        t_elapsed, capture_mib = run_tandem(folder, prompts, osl, isl + osl + 16, not args.no_cuda_graphs)
         record = dict(model="Llama-3.1-8B shape, random bf16", isl=isl, osl=osl, num_prompts=len(prompts),
-                      output_tok_per_s=round(tokens / t_elapsed, 1), elapsed_s=round(t_elapsed, 2))
+                      output_tok_per_s=round(tokens / t_elapsed, 1), elapsed_s=round(t_elapsed, 2),
+                      cuda_graphs=not args.no_cuda_graphs, graph_capture_mib=round(capture_mib, 1))
         if isl + osl <= args.hf_max_isl_plus_osl:
             h_elapsed = run_hf(prompts, osl)
             record.update(hf_output_tok_per_s=round(tokens / h_elapsed, 1), hf_batch=len(prompts),

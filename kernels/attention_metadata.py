@@ -21,7 +21,9 @@ class PrefillSequence:
     token_start: int  # first of its tokens in the flat batch
     num_tokens: int  # new tokens this step
     context_len: int  # tokens already cached before this step
-    kv_slots: torch.Tensor  # [context_len + num_tokens] int64 cache slots
+    # [context_len + num_tokens] int64 cache slots; None where the step was built
+    # for a backend that reads block_tables instead (see build_batch_inputs).
+    kv_slots: torch.Tensor | None
 
 
 @dataclass
@@ -33,8 +35,9 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor  # [B + 1] int32
     max_seq_len: int
     max_query_len: int
-    # Reference-path views, grouped so decodes run as one batched call.
     decode_token_index: torch.Tensor  # [Bd] int64: flat index of each decode token
+    # Reference-path views, grouped so decodes run as one batched call; empty
+    # ([0, 0]) when built for a backend that reads block_tables.
     decode_kv_slots: torch.Tensor  # [Bd, Lmax] int64, padded with 0
     decode_kv_mask: torch.Tensor  # [Bd, 1, 1, Lmax] bool, True where a key is real
     prefills: list[PrefillSequence]

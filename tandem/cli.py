@@ -28,6 +28,11 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=opt_int("max_num_batched_tokens") or 2048)
     parser.add_argument("--max-num-seqs", type=int, default=opt_int("max_num_seqs") or 256)
     parser.add_argument("--no-prefix-caching", action="store_true")
+    parser.add_argument("--no-cuda-graphs", action="store_true",
+                        default=_env("no_cuda_graphs", "") not in ("", "0", "false"),
+                        help="run every decode step eagerly (CUDA graphs are on by default on GPUs)")
+    parser.add_argument("--cuda-graph-max-batch", type=int, default=opt_int("cuda_graph_max_batch"),
+                        help="largest decode batch captured in a CUDA graph (default: --max-num-seqs)")
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
@@ -41,6 +46,8 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_num_seqs": args.max_num_seqs,
         "enable_prefix_caching": not args.no_prefix_caching,
+        "cuda_graphs": not args.no_cuda_graphs,
+        "cuda_graph_max_batch": args.cuda_graph_max_batch,
     }
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
+from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -109,7 +110,7 @@ class TandemClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> TandemClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -176,7 +177,7 @@ class AsyncTandemClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def __aenter__(self) -> AsyncTandemClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

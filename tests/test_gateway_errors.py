@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.gateway_harness import ALIAS, MAX_MODEL_LEN, MODEL, Served
+from tests.gateway_harness import ALIAS, MAX_MODEL_LEN, MODEL
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,6 +50,10 @@ def test_bad_parameters_are_400_naming_the_parameter(served, path, body, param):
 
 def test_invalid_json_and_wrong_types_are_400(served):
     assert_openai_error(served.post("/v1/completions", '{"prompt": '), 400)
+    # JSON can escape a lone surrogate, which no UTF-8 string (nor the router) can carry.
+    assert_openai_error(served.post("/v1/completions", '{"prompt": "ab\\ud800"}'), 400, "prompt")
+    body = '{"messages": [{"role": "user", "content": "\\udc00"}]}'
+    assert_openai_error(served.post("/v1/chat/completions", body), 400, "messages[0].content")
     assert_openai_error(served.post("/v1/completions", "[1, 2]"), 400)
     assert_openai_error(served.post("/v1/chat/completions", {"messages": "hi"}), 400, "messages")
 

@@ -12,6 +12,7 @@ import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from services.engine.tokenizer import load_tokenizer
 from tandem import SamplingParams
 from tandem.client import AsyncTandemClient, ModelInfo, TandemClient, TandemRpcError
 from tests.gateway_harness import ALIAS, MAX_MODEL_LEN, MODEL, Served
@@ -27,13 +28,15 @@ def grpc_client(served: Served):
         yield client
 
 
-def test_same_tokens_over_grpc_and_http(grpc_client, client):
+def test_same_tokens_over_grpc_and_http(grpc_client, client, served):
+    tokenizer = load_tokenizer(str(served.checkpoint))
     params = SamplingParams(n=2, temperature=1.0, seed=42, max_tokens=10, logprobs=0, ignore_eos=True)
     over_grpc = grpc_client.complete(PROMPT, params)
     over_http = client.completions.create(model=MODEL, prompt=PROMPT, n=2, temperature=1.0, seed=42, max_tokens=10,
                                           logprobs=0, extra_body={"ignore_eos": True})
     assert [s.text for s in over_grpc.samples] == [c.text for c in over_http.choices]
     for sample, choice in zip(over_grpc.samples, over_http.choices):
+        assert [tokenizer.decode([t]) for t in sample.token_ids] == choice.logprobs.tokens
         assert [lp.logprob for lp in sample.logprobs] == pytest.approx(choice.logprobs.token_logprobs, abs=1e-4)
         assert sample.finish_reason == choice.finish_reason == "length"
     assert len(over_grpc.prompt_token_ids) == over_http.usage.prompt_tokens

@@ -27,8 +27,8 @@ def test_fifty_concurrent_streams_all_complete(served):
         aclient = AsyncOpenAI(base_url=f"{served.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
         async def one(i: int) -> tuple[str | None, int]:
-            kwargs = dict(model=MODEL, max_tokens=8, temperature=0.7, seed=i, stream=True,
-                          stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+            kwargs = {"model": MODEL, "max_tokens": 8, "temperature": 0.7, "seed": i, "stream": True,
+                      "stream_options": {"include_usage": True}, "extra_body": {"ignore_eos": True}}
             if i % 2:
                 stream = await aclient.chat.completions.create(messages=[{"role": "user", "content": f"n {i}"}],
                                                                **kwargs)

@@ -33,7 +33,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed (pip inst
 from kernels import dispatch
 from kernels import reference as ref
 from kernels import triton as tk
-from kernels.triton.decode_attention import DecodeConfig, decode_attention, decode_config
+from kernels.triton.decode_attention import DecodeConfig, decode_attention, decode_config, partition_size_for
 from kernels.triton.testing import (
     ATTENTION_TOLERANCE,
     attention_oracle,
@@ -176,8 +176,20 @@ def test_prefill_only_long_chunk_after_prefix():
     assert relative_error(got, attention_oracle(case, 0.125)) < 1e-5
 
 
-@pytest.mark.parametrize(("num_splits", "partition", "block_size"), [(1, 512, 16), (3, 192, 32), (8, 64, 16)])
-def test_decode_split_k_writes_only_decode_rows(num_splits, partition, block_size):
+def test_decode_with_a_graph_bound_on_lengths():
+    """What a CUDA graph passes: max_seq_len far above every real length, split count fixed by it."""
+    shapes = [(3, 1), (150, 1), (700, 1), (0, 1)]
+    case = make_attention_case(shapes, 8, 2, 64, 16, torch.float32, DEVICE, seed=9)
+    ref.write_kv_cache(case.new_keys, case.new_values, case.key_cache, case.value_cache, case.meta.slot_mapping)
+    out = torch.full_like(case.query, float("nan"))
+    m = case.meta
+    decode_attention(case.query, case.key_cache, case.value_cache, m.block_tables, m.seq_lens,
+                     m.query_start_loc, 8192, 0.125, out)
+    assert relative_error(out, attention_oracle(case, 0.125)) < 1e-5
+
+
+@pytest.mark.parametrize(("num_splits", "block_size"), [(1, 16), (3, 32), (8, 16), (40, 16)])
+def test_decode_split_k_writes_only_decode_rows(num_splits, block_size):
     """Forced split counts, including splits past short sequences' ends (which must write nothing)."""
     shapes = [(70, 1), (5, 3), (400, 1), (0, 1)]
     case = make_attention_case(shapes, 8, 2, 64, block_size, torch.float32, DEVICE, seed=7)
@@ -186,7 +198,7 @@ def test_decode_split_k_writes_only_decode_rows(num_splits, partition, block_siz
     m = case.meta
     decode_attention(case.query, case.key_cache, case.value_cache, m.block_tables, m.seq_lens,
                      m.query_start_loc, m.max_seq_len, 0.125, out,
-                     DecodeConfig(block_n=64, num_splits=num_splits, partition_size=partition))
+                     DecodeConfig(block_n=64, num_splits=num_splits))
     want = attention_oracle(case, 0.125)
     rows = m.decode_token_index
     assert relative_error(out[rows], want[rows]) < 1e-5
@@ -198,8 +210,10 @@ def test_decode_split_k_writes_only_decode_rows(num_splits, partition, block_siz
 def test_decode_config_rule():
     cpu = torch.device("cpu")  # the interpreter's rule sees 4 SMs
     small = decode_config(1, 1, 1000, 128, cpu)
-    assert small.num_splits > 1 and small.num_splits * small.partition_size >= 1000
-    assert small.partition_size % small.block_n == 0
+    assert small.num_splits > 1
+    # Every split of the longest sequence gets keys; shorter ones split into whole tiles too.
+    assert (small.num_splits - 1) * partition_size_for(1000, small.num_splits, small.block_n) < 1000
+    assert partition_size_for(130, small.num_splits, small.block_n) % small.block_n == 0
     assert decode_config(256, 8, 4096, 128, cpu).num_splits == 1  # enough programs already
     assert decode_config(1, 1, 40, 128, cpu).num_splits == 1  # too short to split
 
@@ -211,3 +225,55 @@ def test_paged_attention_single_long_decode_splits_by_rule():
     ref.write_kv_cache(case.new_keys, case.new_values, case.key_cache, case.value_cache, case.meta.slot_mapping)
     got = tk.paged_attention(case.query, case.key_cache, case.value_cache, case.meta, 0.125)
     assert relative_error(got, attention_oracle(case, 0.125)) < 1e-5
+
+
+def test_graph_padded_decode_steps_match_eager(tiny_llama, monkeypatch):
+    """Decode steps through the CUDA-graph runner's static, padded buffers (run uncaptured here)
+    give the eager forward's hidden states, and padding rows touch only the scratch block."""
+    from services.engine.batch_inputs import build_batch_inputs
+    from services.engine.config import EngineConfig
+    from services.engine.cuda_graphs import DecodeGraphs
+    from services.engine.decode_inputs import DecodeLayout
+    from services.engine.model_loading import load_model
+    from services.engine.request import Request
+    from services.engine.sampling_params import SamplingParams
+    from services.engine.scheduler import ScheduledChunk
+
+    monkeypatch.setenv("TANDEM_KERNELS", "triton")
+    model = load_model(EngineConfig(model=str(tiny_llama), device=str(DEVICE), dtype="float32",
+                                    max_model_len=256)).model
+    assert model.ops is tk
+    shape, block_size, num_blocks = model.shape, 16, 48
+    layout = DecodeLayout(max_batch=8, max_blocks=256 // block_size, block_size=block_size,
+                          scratch_block=num_blocks)
+    gen = torch.Generator().manual_seed(11)
+    # NaN wherever nothing was written: a read of a wrong slot poisons the row.
+    caches = [tuple(torch.full((num_blocks + 1, block_size, shape.num_kv_heads, shape.head_dim), float("nan"),
+                               device=DEVICE) for _ in range(2)) for _ in range(shape.num_layers)]
+    graphs = DecodeGraphs(model, caches, layout, DEVICE)
+    free = torch.randperm(num_blocks, generator=gen).tolist()
+    requests = []
+    for i, context in enumerate([0, 5, 16, 33, 70, 120, 200]):
+        tokens = torch.randint(3, 200, (context + 1,), generator=gen).tolist()
+        request = Request(str(i), tokens, SamplingParams())
+        blocks = [free.pop() for _ in range(context // block_size + 1)]
+        for cache in (c for layer in caches for c in layer):
+            for pos in range(context):
+                cache[blocks[pos // block_size], pos % block_size] = torch.randn(
+                    shape.num_kv_heads, shape.head_dim, generator=gen)
+        requests.append((request, context, blocks))
+
+    # Sizes 8, 4, 8 and 1 with 1, 1, 3 and 0 padding rows; later tables are narrower than stale ones.
+    for picked in ([0, 1, 2, 3, 4, 5, 6], [6, 2, 4], [1, 3, 5, 0, 2], [3]):
+        chunks = [ScheduledChunk(requests[i][0], requests[i][1], 1, requests[i][2]) for i in picked]
+        eager_caches = [(k.clone(), v.clone()) for k, v in caches]
+        inputs = build_batch_inputs(chunks, block_size, DEVICE, slot_views=False)
+        want = model(inputs.input_ids, inputs.positions, eager_caches, inputs.meta)
+        got = graphs.run(chunks)
+        assert got.shape == want.shape and torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for (key_cache, value_cache), (eager_k, _) in zip(caches, eager_caches):
+            torch.testing.assert_close(key_cache[:num_blocks], eager_k[:num_blocks], equal_nan=True)
+            # Padding rows write slot 0 of the scratch block and nothing else.
+            assert torch.isfinite(key_cache[num_blocks, 0]).all()
+            assert key_cache[num_blocks, 1:].isnan().all()

@@ -24,13 +24,18 @@ def paged_attention(
     out = torch.empty_like(query)
 
     if meta.num_decodes:
-        q = query[meta.decode_token_index].unsqueeze(2)  # [Bd, Hq, 1, D]
+        # A step of decodes only (the common case) uses the batch as it is:
+        # no gather of the queries and no scatter of the result.
+        only_decodes = not meta.prefills
+        q = query if only_decodes else query[meta.decode_token_index]
         k = flat_k[meta.decode_kv_slots].transpose(1, 2)  # [Bd, Hkv, L, D]
         v = flat_v[meta.decode_kv_slots].transpose(1, 2)
         o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=meta.decode_kv_mask, scale=scale, enable_gqa=True
-        )
-        out[meta.decode_token_index] = o.squeeze(2)
+            q.unsqueeze(2), k, v, attn_mask=meta.decode_kv_mask, scale=scale, enable_gqa=True
+        ).squeeze(2)  # q: [Bd, Hq, 1, D]
+        if only_decodes:
+            return o
+        out[meta.decode_token_index] = o
 
     for seq in meta.prefills:
         end = seq.token_start + seq.num_tokens

@@ -4,7 +4,10 @@ Each program takes one (sequence, KV head, split): all ``GROUP`` query heads
 that share the KV head are rows of one tile, so every K/V block is read once
 per group, not once per query head. A long context is cut into ``num_splits``
 partitions run by separate programs, so batch 1 still fills the GPU; a small
-reduce kernel merges their partial (max, sum, output) triples. The grid
+reduce kernel merges their partial (max, sum, output) triples. Each sequence
+sizes its own partitions from its length on the device, so the grid depends
+only on the split count: a CUDA graph captured for the longest allowed
+sequence stays right, and stays split, for every shorter one. The grid
 covers every sequence of the batch and programs of sequences with more than
 one new token return at once: the prefill kernel owns those, and no
 device-to-host sync is needed to find the decode rows.
@@ -27,6 +30,12 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _partition_size(seq_len, num_splits, BLOCK_N: tl.constexpr):
+    """Keys per split of one sequence: its length over the splits, in whole tiles."""
+    return tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+
+
+@triton.jit
 def _decode_attention_kernel(
     q_ptr,  # [T, Hq, HEAD_DIM]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, HEAD_DIM]
@@ -37,7 +46,6 @@ def _decode_attention_kernel(
     out_ptr,  # [T, Hq, HEAD_DIM], written when not SPLIT
     part_out_ptr,  # [B, Hq, num_splits, HEAD_DIM] fp32, each split's normalised output
     part_lse_ptr,  # [B, Hq, num_splits, 2] fp32: each split's (max, sum) in the log2 domain
-    partition_size,  # keys per split, a multiple of BLOCK_N
     scale_log2e,
     stride_qt,
     stride_qh,
@@ -64,6 +72,7 @@ def _decode_attention_kernel(
     if tl.load(query_start_loc_ptr + seq + 1) - q_start != 1:
         return
     seq_len = tl.load(seq_lens_ptr + seq)
+    partition_size = _partition_size(seq_len, num_splits, BLOCK_N)
     start = split * partition_size
     if start >= seq_len:
         return
@@ -117,11 +126,11 @@ def _decode_reduce_kernel(
     query_start_loc_ptr,  # [B + 1] int32
     out_ptr,  # [T, Hq, HEAD_DIM]
     num_splits,
-    partition_size,
     stride_ot,
     stride_oh,
     HEAD_DIM: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
@@ -129,7 +138,8 @@ def _decode_reduce_kernel(
     if tl.load(query_start_loc_ptr + seq + 1) - q_start != 1:
         return
     # Splits past the sequence end wrote nothing: read only the live ones.
-    live = tl.cdiv(tl.load(seq_lens_ptr + seq), partition_size)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    live = tl.cdiv(seq_len, _partition_size(seq_len, num_splits, BLOCK_N))
     offs_s = tl.arange(0, BLOCK_S)
     mask = offs_s < live
     rows = (seq * tl.num_programs(1) + head) * num_splits + offs_s
@@ -146,8 +156,9 @@ def _decode_reduce_kernel(
 @dataclass(frozen=True)
 class DecodeConfig:
     block_n: int
+    # Programs per (sequence, KV head); a sequence of L keys uses
+    # cdiv(L, partition_size_for(L)) of them.
     num_splits: int
-    partition_size: int
     num_warps: int = 4
     num_stages: int = 3
     maxnreg: int | None = None  # register cap per thread (None: the compiler's choice)
@@ -174,8 +185,14 @@ def decode_config(
     if programs < sms:
         want = triton.cdiv(PROGRAMS_PER_SM * sms, programs)
         num_splits = max(1, min(want, triton.cdiv(keys, max(MIN_PARTITION, block_n)), MAX_SPLITS))
-    partition = triton.cdiv(triton.cdiv(keys, num_splits), block_n) * block_n
-    return DecodeConfig(block_n=block_n, num_splits=triton.cdiv(keys, partition), partition_size=partition)
+    # No split may start past the longest sequence's end.
+    num_splits = triton.cdiv(keys, partition_size_for(keys, num_splits, block_n))
+    return DecodeConfig(block_n=block_n, num_splits=num_splits)
+
+
+def partition_size_for(seq_len: int, num_splits: int, block_n: int) -> int:
+    """Host copy of the kernels' rule: keys per split of a ``seq_len``-key sequence."""
+    return triton.cdiv(triton.cdiv(seq_len, num_splits), block_n) * block_n
 
 
 def decode_attention(
@@ -194,7 +211,9 @@ def decode_attention(
 
     query/out: [T, Hq, D]; caches: [num_blocks, block_size, Hkv, D];
     block_tables [B, max_blocks] int32; seq_lens [B] int32 (keys after this
-    step, the new one included); query_start_loc [B + 1] int32.
+    step, the new one included); query_start_loc [B + 1] int32. ``max_seq_len``
+    (a host int, any bound on ``seq_lens``) only picks the split count, so a
+    graph-captured call may pass the longest length it will ever see.
     """
     check_cache_layout(key_cache, value_cache)
     if query.stride(-1) != 1 or out.stride(-1) != 1:
@@ -204,8 +223,6 @@ def decode_attention(
     batch = block_tables.shape[0]
     if config is None:
         config = decode_config(batch, num_kv_heads, max_seq_len, head_dim, query.device)
-    if config.num_splits * config.partition_size < max_seq_len or config.partition_size % config.block_n:
-        raise ValueError(f"{config} does not cover {max_seq_len} keys in whole tiles")
     group = num_heads // num_kv_heads
     upcast, precision = dot_settings(query.dtype, query.device)
     split = config.num_splits > 1
@@ -217,7 +234,7 @@ def decode_attention(
         part_out = part_lse = out  # unused: the SPLIT=False kernel never touches them
     _decode_attention_kernel[(batch, num_kv_heads, config.num_splits)](
         query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, out, part_out, part_lse,
-        config.partition_size, scale * LOG2E,
+        scale * LOG2E,
         query.stride(0), query.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
@@ -228,7 +245,8 @@ def decode_attention(
     )
     if split:
         _decode_reduce_kernel[(batch, num_heads)](
-            part_out, part_lse, seq_lens, query_start_loc, out, config.num_splits, config.partition_size,
+            part_out, part_lse, seq_lens, query_start_loc, out, config.num_splits,
             out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(config.num_splits), num_warps=4,
+            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(config.num_splits), BLOCK_N=config.block_n,
+            num_warps=4,
         )

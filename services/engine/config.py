@@ -55,6 +55,18 @@ class EngineConfig:
     # "auto" reads the checkpoint's weights; "dummy" fills random weights on the
     # device from config.json alone (benchmarks of real shapes, no download).
     load_format: str = "auto"
+    # Replay decode-only steps as CUDA graphs captured at start-up (CUDA with
+    # the Triton backend; ignored elsewhere). Larger decode batches run eagerly.
+    cuda_graphs: bool = True
+    # Largest batch captured; None means max_num_seqs (and never more than it).
+    cuda_graph_max_batch: int | None = None
+
+    def resolved_cuda_graph_max_batch(self) -> int:
+        """The largest decode batch to capture, 0 when graphs are off."""
+        if not self.cuda_graphs:
+            return 0
+        limit = self.cuda_graph_max_batch if self.cuda_graph_max_batch is not None else self.max_num_seqs
+        return max(0, min(limit, self.max_num_seqs))
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

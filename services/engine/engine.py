@@ -20,10 +20,11 @@ from collections.abc import Callable
 
 from services.engine.block_exchange import BlockExchange
 from services.engine.config import EngineConfig
+from services.engine.cuda_graphs import capture_memory_estimate
 from services.engine.errors import InvalidRequestError
 from services.engine.kv_cache_manager import KVCacheManager
 from services.engine.model_loading import LoadedModel, load_model
-from services.engine.model_runner import ModelRunner, num_kv_blocks_for_budget
+from services.engine.model_runner import ModelRunner, cuda_graphs_supported, num_kv_blocks_for_budget
 from services.engine.output_processor import OutputProcessor
 from services.engine.outputs import RequestOutput
 from services.engine.request import Request, RequestStatus
@@ -57,8 +58,12 @@ class LLMEngine:
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.max_model_len = loaded.max_model_len
+        shape = loaded.model.shape
+        graph_max_batch = config.resolved_cuda_graph_max_batch() if cuda_graphs_supported(loaded.device) else 0
+        # The graphs are captured after the KV cache exists: keep their pool out of its budget.
+        graph_reserve = capture_memory_estimate(shape, graph_max_batch, loaded.dtype) if graph_max_batch else 0
         num_blocks = config.num_kv_blocks or num_kv_blocks_for_budget(
-            loaded.model.shape, config.block_size, loaded.dtype, loaded.device, config.kv_cache_memory_fraction
+            shape, config.block_size, loaded.dtype, loaded.device, config.kv_cache_memory_fraction, graph_reserve
         )
         if num_blocks * config.block_size < self.max_model_len:
             raise ValueError(
@@ -73,17 +78,24 @@ class LLMEngine:
             SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len),
             self.kv_cache,
         )
-        self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, loaded.dtype, loaded.device)
+        self.runner = ModelRunner(
+            loaded.model, num_blocks, config.block_size, loaded.dtype, loaded.device,
+            max_model_len=self.max_model_len, cuda_graph_max_batch=graph_max_batch,
+        )
+        graph_bytes = self.runner.capture_cuda_graphs()
         self.outputs = OutputProcessor(self.tokenizer)
         self.blocks = BlockExchange(self.kv_cache, self.runner)
         # Called on the engine thread after every step that ran the model.
         self.step_listeners: list[Callable[[SchedulerOutput], None]] = []
         self._children: dict[str, list[Request]] = {}
         self._ids = itertools.count()
+        graphs = "off"
+        if self.runner.cuda_graphs_active:
+            graphs = f"batch <= {graph_max_batch}, {graph_bytes >> 20} MiB ({graph_reserve >> 20} MiB reserved)"
         logger.info(
-            "engine ready: %s on %s (%s), %d KV blocks of %d tokens, kernels=%s",
+            "engine ready: %s on %s (%s), %d KV blocks of %d tokens, kernels=%s, cuda graphs: %s",
             loaded.architecture, self.device, self.dtype, num_blocks, config.block_size,
-            self.runner.kernel_backend,
+            self.runner.kernel_backend, graphs,
         )
 
     # -- requests --------------------------------------------------------------

@@ -50,6 +50,11 @@ class KVCacheManager:
         self.root_hash = root_block_hash(model_fingerprint)
         self.stats = PrefixCacheStats()
         self._req_blocks: dict[str, list[KVBlock]] = {}
+        # The same blocks' ids, kept alongside: every step hands each running
+        # request's full id list to the runner, and copying a list of ints is
+        # ~10x cheaper than rebuilding it from the blocks (~1 ms a step at 256
+        # sequences of 2k tokens).
+        self._req_block_ids: dict[str, list[int]] = {}
         # How many of a request's leading blocks are already keyed in the pool.
         self._num_keyed: dict[str, int] = {}
 
@@ -90,7 +95,7 @@ class KVCacheManager:
         return hits
 
     def block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self._req_blocks.get(request_id, ())]
+        return list(self._req_block_ids.get(request_id, ()))
 
     def num_held_blocks(self, request_id: str) -> int:
         return len(self._req_blocks.get(request_id, ()))
@@ -124,14 +129,19 @@ class KVCacheManager:
             raise RuntimeError(f"not enough free KV blocks for request {request.request_id}")
         need = self._num_new_blocks(request, num_new_tokens, len(cached_blocks))
         blocks = self._req_blocks.setdefault(request.request_id, [])
+        ids = self._req_block_ids.setdefault(request.request_id, [])
         if cached_blocks:
             self.pool.touch(cached_blocks)
             blocks.extend(cached_blocks)
+            ids.extend(b.block_id for b in cached_blocks)
             request.num_computed_tokens += len(cached_blocks) * self.block_size
             self._num_keyed[request.request_id] = len(blocks)
-        blocks.extend(self.pool.allocate(need))
+        if need:
+            new_blocks = self.pool.allocate(need)
+            blocks.extend(new_blocks)
+            ids.extend(b.block_id for b in new_blocks)
         self._key_full_blocks(request, request.num_computed_tokens + num_new_tokens)
-        return [b.block_id for b in blocks]
+        return list(ids)
 
     def _key_full_blocks(self, request: Request, num_tokens_after_step: int) -> None:
         if not self.enable_caching:
@@ -149,6 +159,7 @@ class KVCacheManager:
     def free(self, request: Request) -> None:
         """Release every block the request holds, last block first (evicted first)."""
         blocks = self._req_blocks.pop(request.request_id, None)
+        self._req_block_ids.pop(request.request_id, None)
         self._num_keyed.pop(request.request_id, None)
         if blocks:
             self.pool.free(reversed(blocks))

@@ -3,6 +3,10 @@
 The runner owns the device state (weights, the paged KV cache tensors and the
 sampler) and nothing about request lifetimes. Its only input is the
 scheduler's typed ``SchedulerOutput``; its only output is ``RunnerOutput``.
+
+On CUDA, with a backend that can be captured, steps made only of one-token
+decodes replay a CUDA graph (:mod:`services.engine.cuda_graphs`); other steps
+run eagerly. Either way a step syncs with the GPU once, for the sampled ids.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ import torch
 
 from kernels.dispatch import select_backend
 from services.engine.batch_inputs import build_batch_inputs
+from services.engine.block_table_rows import BlockTableRows
+from services.engine.cuda_graphs import DecodeGraphs
+from services.engine.decode_inputs import DecodeLayout, is_decode_only
+from services.engine.host_staging import HostStaging
 from services.engine.models.decoder import DecoderLM, DecoderShape, KVCache
-from services.engine.sampler import Sampler, SampleLogprobs, compute_prompt_logprobs
+from services.engine.sampler import SampleLogprobs, Sampler, compute_prompt_logprobs
 from services.engine.sampling_batch import SamplingBatch
 from services.engine.scheduler import SchedulerOutput
 
@@ -39,15 +47,27 @@ def kv_block_bytes(shape: DecoderShape, block_size: int, dtype: torch.dtype) -> 
 
 
 def num_kv_blocks_for_budget(
-    shape: DecoderShape, block_size: int, dtype: torch.dtype, device: torch.device, fraction: float
+    shape: DecoderShape,
+    block_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    fraction: float,
+    reserved_bytes: int = 0,
 ) -> int:
-    """How many blocks fit in ``fraction`` of the free memory of ``device``."""
+    """How many blocks fit in ``fraction`` of the free memory of ``device``,
+    after ``reserved_bytes`` (e.g. CUDA graphs captured later) are set aside."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         free = min(free, _CPU_KV_CACHE_CAP_BYTES / fraction)
+    free = max(0, free - reserved_bytes)
     return max(1, int(free * fraction) // kv_block_bytes(shape, block_size, dtype))
+
+
+def cuda_graphs_supported(device: torch.device) -> bool:
+    """Whether decode steps on ``device`` can be captured: CUDA and a backend that allows it."""
+    return device.type == "cuda" and bool(getattr(select_backend(device), "CUDA_GRAPH_SAFE", False))
 
 
 class ModelRunner:
@@ -58,13 +78,23 @@ class ModelRunner:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
+        max_model_len: int | None = None,
+        cuda_graph_max_batch: int = 0,
     ) -> None:
+        """``cuda_graph_max_batch > 0`` prepares decode graphs up to that batch (CUDA and a
+        capturable backend only; ``max_model_len`` is then required); call
+        :meth:`capture_cuda_graphs` once to capture them."""
         self.model = model
         self.block_size = block_size
         self.device = device
         self.dtype = dtype
         shape = model.shape
-        cache_shape = (num_kv_blocks, block_size, shape.num_kv_heads, shape.head_dim)
+        use_graphs = cuda_graph_max_batch > 0 and cuda_graphs_supported(device)
+        if use_graphs and max_model_len is None:
+            raise ValueError("CUDA graphs need max_model_len to size the static block tables")
+        # With graphs, one block past the pool's is the padding rows' scratch
+        # block: the block pool only knows ids below num_kv_blocks.
+        cache_shape = (num_kv_blocks + int(use_graphs), block_size, shape.num_kv_heads, shape.head_dim)
         # Left uninitialised: attention only ever reads slots this engine wrote.
         self.kv_caches: list[KVCache] = [
             (
@@ -74,22 +104,67 @@ class ModelRunner:
             for _ in range(shape.num_layers)
         ]
         self.sampler = Sampler()
-        self.kernel_backend = select_backend(device).__name__
+        backend = select_backend(device)
+        self.kernel_backend = backend.__name__
+        # Backends that attend through block tables need no per-token slot views.
+        self._slot_views = not getattr(backend, "READS_BLOCK_TABLES", False)
+        self._staging = HostStaging(device) if device.type == "cuda" else None
+        self._block_rows = BlockTableRows()
+        self.decode_graphs: DecodeGraphs | None = None
+        if use_graphs:
+            assert max_model_len is not None
+            layout = DecodeLayout(
+                max_batch=cuda_graph_max_batch,
+                max_blocks=-(-max_model_len // block_size),
+                block_size=block_size,
+                scratch_block=num_kv_blocks,
+            )
+            self.decode_graphs = DecodeGraphs(model, self.kv_caches, layout, device, self._block_rows)
+        self.num_graph_steps = 0
+        self.num_eager_steps = 0
+
+    def capture_cuda_graphs(self) -> int:
+        """Capture the decode graphs (engine start); returns their memory in bytes, 0 when off."""
+        return self.decode_graphs.capture() if self.decode_graphs is not None else 0
+
+    @property
+    def cuda_graphs_active(self) -> bool:
+        return self.decode_graphs is not None and self.decode_graphs.captured
+
+    def _replays_graph(self, step: SchedulerOutput) -> bool:
+        graphs = self.decode_graphs
+        if graphs is None or not graphs.captured:
+            return False
+        return graphs.fits(len(step.chunks)) and is_decode_only(step.chunks)
 
     @torch.inference_mode()
-    def execute(self, step: SchedulerOutput) -> RunnerOutput:
+    def execute(self, step: SchedulerOutput, use_cuda_graphs: bool = True) -> RunnerOutput:
+        """Run one step; ``use_cuda_graphs=False`` forces the eager path (comparisons, benchmarks)."""
         out = RunnerOutput()
         if step.is_empty:
             return out
-        inputs = build_batch_inputs(step.chunks, self.block_size, self.device)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        if use_cuda_graphs and self._replays_graph(step):
+            assert self.decode_graphs is not None
+            hidden = self.decode_graphs.run(step.chunks)
+            # One row per chunk: the sampled rows are the chunks that sample.
+            rows = [i for i, c in enumerate(step.chunks) if c.samples]
+            sample_index = None if len(rows) == len(step.chunks) else _to_device(rows, self.device)
+            self.num_graph_steps += 1
+        else:
+            inputs = build_batch_inputs(
+                step.chunks, self.block_size, self.device,
+                slot_views=self._slot_views, staging=self._staging, rows=self._block_rows,
+            )
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+            sample_index = inputs.sample_token_index
+            self.num_eager_steps += 1
 
         self._prompt_logprobs(step, hidden, out)
 
         sampling = [c.request for c in step.chunks if c.samples]
         if not sampling:
             return out
-        logits = self.model.compute_logits(hidden[inputs.sample_token_index])
+        logits = self.model.compute_logits(hidden if sample_index is None else hidden[sample_index])
         batch = SamplingBatch.from_requests(sampling, logits.shape[-1], self.device)
         result = self.sampler(logits, batch)
         for request, token_id, logprobs in zip(sampling, result.sampled_token_ids, result.logprobs):
@@ -109,9 +184,12 @@ class ModelRunner:
             last = min(end, request.num_prompt_tokens - 1)
             if k is not None and start < last:
                 rows = hidden[token_start : token_start + (last - start)]
-                targets = torch.tensor(
-                    request.prompt_token_ids[start + 1 : last + 1], dtype=torch.int64, device=self.device
-                )
+                targets = _to_device(request.prompt_token_ids[start + 1 : last + 1], self.device)
                 logits = self.model.compute_logits(rows)
                 out.prompt_logprobs[request.request_id] = compute_prompt_logprobs(logits, targets, k)
             token_start += chunk.num_new_tokens
+
+
+def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """An int64 tensor on ``device`` without waiting for the stream (a blocking copy would)."""
+    return torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)

@@ -13,6 +13,7 @@ import asyncio
 import hmac
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -90,7 +91,7 @@ def build_app(router_address: str, tokenizer: PreTrainedTokenizerBase, served_mo
     def context() -> GatewayContext:
         return holder["ctx"]
 
-    async def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    async def authorize(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         if api_key is None:
             return
         given = credentials.credentials if credentials is not None else ""

@@ -110,6 +110,6 @@ class ChatRun:
                                                       stop_reason=delta.stop_reason))
             if include_usage:
                 yield self._chunk(None, self.usage())
-        except Exception as exc:  # after the 200 went out, an error can only travel in the stream
+        except Exception as exc:  # noqa: BLE001 -- after the 200 went out, an error can only travel in the stream
             yield sse_error(exc)
         yield sse_done()

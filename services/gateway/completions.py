@@ -111,7 +111,7 @@ class CompletionRun:
             if include_usage:
                 yield sse_event(CompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],
                                                 usage=self.usage()))
-        except Exception as exc:  # after the 200 went out, an error can only travel in the stream
+        except Exception as exc:  # noqa: BLE001 -- after the 200 went out, an error can only travel in the stream
             yield sse_error(exc)
         yield sse_done()
 

@@ -62,7 +62,7 @@ class Generation:
             self._queue.put_nowait((index, None))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # handed to the consumer, which turns it into an HTTP error
+        except Exception as exc:  # noqa: BLE001 -- handed to the consumer, which turns it into an HTTP error
             self._queue.put_nowait((index, exc))
 
     def _record(self, index: int, delta: GenerateDelta) -> None:

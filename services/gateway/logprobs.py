@@ -19,7 +19,10 @@ MIN_LOGPROB = -9999.0
 
 
 def finite(logprob: float) -> float:
-    return logprob if logprob >= MIN_LOGPROB else MIN_LOGPROB
+    # Written as a comparison that NaN fails, so NaN reports MIN_LOGPROB too.
+    if not logprob >= MIN_LOGPROB:
+        return MIN_LOGPROB
+    return logprob
 
 
 class TokenTexts:

@@ -57,7 +57,7 @@ class RequestObserver:
 
         try:
             await self.app(scope, receive, observed_send)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- the last line of defence: answer, log, go on
             frames = "".join(traceback.format_tb(exc.__traceback__))
             logger.error("unhandled %s on %s %s\n%s", type(exc).__name__, scope["method"], scope["path"], frames)
             if not status:

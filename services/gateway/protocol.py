@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.engine.sampling_params import MAX_LOGPROBS, MAX_N
 
@@ -23,8 +23,21 @@ SEED_MAX = 2**63 - 1 - MAX_N
 MAX_CHOICES = MAX_N
 MAX_STOP_SEQUENCES = 16
 
+
+
+def _encodable(text: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"), which no UTF-8 wire string can.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the text is not valid Unicode (lone surrogate at position {exc.start})") from None
+    return text
+
+
+# Text that travels to the router (protobuf strings are UTF-8).
+Text = Annotated[str, AfterValidator(_encodable)]
 TokenId = Annotated[int, Field(ge=0, le=UINT32_MAX)]
-StopString = Annotated[str, Field(min_length=1)]
+StopString = Annotated[Text, Field(min_length=1)]
 
 
 class StreamOptions(BaseModel):
@@ -61,8 +74,8 @@ class SamplingFields(BaseModel):
 
 class CompletionRequest(SamplingFields):
     prompt: (
-        Annotated[str, Field(title="text")]
-        | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES, title="texts")]
+        Annotated[Text, Field(title="text")]
+        | Annotated[list[Text], Field(min_length=1, max_length=MAX_CHOICES, title="texts")]
         | Annotated[list[TokenId], Field(min_length=1, title="token ids")]
         | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]],
                     Field(min_length=1, max_length=MAX_CHOICES, title="token id lists")]
@@ -78,14 +91,14 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
     name: str | None = None
 
     def text(self) -> str:

@@ -22,25 +22,25 @@ CompletionPrompt = str | list[int]
 def _params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
             prompt_logprobs: int | None) -> SamplingParams:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    fields = dict(
-        n=body.n,
-        temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
-        top_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
-        top_k=max(0, body.top_k or 0),
-        min_p=body.min_p or 0.0,
-        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
-        seed=body.seed,
-        stop=stop,
-        stop_token_ids=list(body.stop_token_ids or []),
-        ignore_eos=body.ignore_eos,
-        max_tokens=max_tokens,
-        min_tokens=body.min_tokens,
-        logprobs=logprobs,
-        prompt_logprobs=prompt_logprobs,
-        skip_special_tokens=body.skip_special_tokens,
-    )
+    fields = {
+        "n": body.n,
+        "temperature": DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
+        "top_p": DEFAULT_TOP_P if body.top_p is None else body.top_p,
+        "top_k": max(0, body.top_k or 0),
+        "min_p": body.min_p or 0.0,
+        "repetition_penalty": 1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        "presence_penalty": body.presence_penalty or 0.0,
+        "frequency_penalty": body.frequency_penalty or 0.0,
+        "seed": body.seed,
+        "stop": stop,
+        "stop_token_ids": list(body.stop_token_ids or []),
+        "ignore_eos": body.ignore_eos,
+        "max_tokens": max_tokens,
+        "min_tokens": body.min_tokens,
+        "logprobs": logprobs,
+        "prompt_logprobs": prompt_logprobs,
+        "skip_special_tokens": body.skip_special_tokens,
+    }
     try:
         return SamplingParams(**fields)
     except InvalidSamplingParamsError as exc:

