@@ -28,6 +28,8 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=opt_int("max_num_batched_tokens") or 2048)
     parser.add_argument("--max-num-seqs", type=int, default=opt_int("max_num_seqs") or 256)
     parser.add_argument("--no-prefix-caching", action="store_true")
+    parser.add_argument("--load-format", default=_env("load_format", "auto"), choices=["auto", "dummy"],
+                        help="dummy: random weights from config.json alone (benchmarks)")
     parser.add_argument("--no-cuda-graphs", action="store_true",
                         default=_env("no_cuda_graphs", "") not in ("", "0", "false"),
                         help="run every decode step eagerly (CUDA graphs are on by default on GPUs)")
@@ -46,6 +48,7 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_num_seqs": args.max_num_seqs,
         "enable_prefix_caching": not args.no_prefix_caching,
+        "load_format": args.load_format,
         "cuda_graphs": not args.no_cuda_graphs,
         "cuda_graph_max_batch": args.cuda_graph_max_batch,
     }
