@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 from transformers import PreTrainedTokenizerBase
 
-from services.engine.models.checkpoint import load_checkpoint
+from services.engine.models.checkpoint import load_model_metadata
 from services.engine.models.default_model import DEFAULT_MODEL_FILE, default_model_path
 from services.engine.tokenizer import load_tokenizer
 
@@ -29,7 +29,7 @@ def default_served_model_name(model: str | None) -> str:
 
 def load_gateway_tokenizer(model: str | None) -> PreTrainedTokenizerBase:
     """The tokenizer of the model the router serves (token strings for logprobs, echo of token ids)."""
-    return load_tokenizer(load_checkpoint(model or default_model_path()).tokenizer_source)
+    return load_tokenizer(load_model_metadata(model or default_model_path()).tokenizer_source)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from services.common.grpc_server import RunningServer, ServiceBinding, start_grpc_server
-from services.engine.models.checkpoint import load_checkpoint
+from services.engine.models.checkpoint import load_model_metadata
 from services.engine.models.default_model import default_model_path
 from services.engine.tokenizer import load_tokenizer
 from services.kvstore.client import KvStoreClient
@@ -105,7 +105,7 @@ def _publish_health(server: RunningServer, pool: WorkerPool, service_name: str) 
 
 def start_router(settings: RouterSettings) -> RunningRouter:
     path = settings.model or default_model_path()
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_model_metadata(path)
     tokenizer = load_tokenizer(checkpoint.tokenizer_source)
     max_model_len = settings.max_model_len or checkpoint.hf_config.max_position_embeddings
     kvstore = KvStoreClient(settings.kvstore)

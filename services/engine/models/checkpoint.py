@@ -123,6 +123,24 @@ def _record_digest(hf_config: PretrainedConfig, files: list[str]) -> str:
     return digest
 
 
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a process that never runs the model needs (the router, the gateway)."""
+
+    hf_config: PretrainedConfig
+    tokenizer_source: str
+
+
+def load_model_metadata(path: str) -> ModelMetadata:
+    """Config and tokenizer location, without requiring weight files (dummy-weight folders work)."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ModelFilesMissingError(f"{path}: config.json is missing")
+        return ModelMetadata(AutoConfig.from_pretrained(path, local_files_only=True), path)
+    checkpoint = load_checkpoint(path)
+    return ModelMetadata(checkpoint.hf_config, checkpoint.tokenizer_source)
+
+
 def _load_gguf(path: str) -> LoadedCheckpoint:
     contents = open_gguf(path)
     return LoadedCheckpoint(
