@@ -12,7 +12,7 @@ python3 -m tandem.cli serve --model "$model" --load-format dummy --dtype bfloat1
   --served-model-name llama-8b-shape --port 8000 --listen 127.0.0.1:0 --kv-cache-memory-fraction 0.4 \
   > "$out/serve.log" 2>&1 &
 server=$!
-for _ in $(seq 1 240); do grep -q "HTTP API listening" "$out/serve.log" && break; sleep 1; done
+for _ in $(seq 1 240); do grep -q "HTTP API listening" "$out/serve.log" && break; kill -0 $server 2>/dev/null || { tail -20 "$out/serve.log"; exit 1; }; sleep 1; done
 run() { python3 -m bench.serve --model llama-8b-shape --vocab-size 128000 "$@" 2>&1 | grep '^{' | tee -a "$out/serve.jsonl"; }
 # Low load: time to first token of a 512-token prompt (target: 25 ms or less).
 run --dataset random --input-len 512 --output-len 16 --num-prompts 20 --request-rate 2

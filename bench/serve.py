@@ -57,7 +57,9 @@ async def send(client: httpx.AsyncClient, model: str, request: BenchRequest, hea
                 chunk = json.loads(line[6:])
                 if chunk.get("usage"):
                     result.output_tokens = chunk["usage"]["completion_tokens"]
-                if not chunk.get("choices") or not chunk["choices"][0].get("text"):
+                # A chunk per decode delta; its text may be empty (a token that
+                # completes no character yet) but it still marks a token's arrival.
+                if not chunk.get("choices"):
                     continue
                 now = time.perf_counter()
                 if result.ttft_s == 0.0:
