@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,8 @@ class EmbeddedMesh:
     def stop(self) -> None:
         self.router.stop()
         self.decode.stop()
-        self.prefill.stop()
+        if self.prefill is not self.decode:
+            self.prefill.stop()
         self.kvstore.stop()
 
 
@@ -50,23 +52,35 @@ def start_embedded_mesh(
     kvstore_metadata: str = "memory",
     kvstore_redis_prefix: str | None = None,
     admission: AdmissionLimits | None = None,
+    colocated: bool = False,
 ) -> EmbeddedMesh:
-    """Start every part on loopback; ``kvstore_metadata`` is "memory" or a ``redis://`` URL."""
+    """Start every part on loopback; ``kvstore_metadata`` is "memory" or a ``redis://`` URL.
+
+    ``colocated`` runs one worker in both roles instead of a prefill and a
+    decode worker: on a single GPU that keeps every prompt's KV where it was
+    computed instead of copying it through the registry.
+    """
     names = served_model_names or ["default"]
     extra = {"redis_prefix": kvstore_redis_prefix} if kvstore_redis_prefix else {}
     kvstore = serve_kvstore(
         "127.0.0.1:0", capacity_bytes=kvstore_capacity_bytes, metadata=kvstore_metadata, **extra
     )
-    prefill = start_worker(WorkerConfig(
-        role="prefill", kvstore=kvstore.address, worker_id="prefill-0", served_model_name=names[0],
-        kv_transport=kv_transport,
-        engine=dataclasses.replace(engine),
-    ))
-    decode = start_worker(WorkerConfig(
-        role="decode", kvstore=kvstore.address, worker_id="decode-0", served_model_name=names[0],
-        kv_transport=kv_transport,
-        engine=dataclasses.replace(engine),
-    ))
+    if colocated:
+        prefill = decode = start_worker(WorkerConfig(
+            role="both", kvstore=kvstore.address, worker_id="worker-0", served_model_name=names[0],
+            kv_transport=kv_transport, engine=dataclasses.replace(engine),
+        ))
+        # One engine does both: a prefill hop would only copy the KV it already holds.
+        disagg_min_tokens = sys.maxsize
+    else:
+        prefill = start_worker(WorkerConfig(
+            role="prefill", kvstore=kvstore.address, worker_id="prefill-0", served_model_name=names[0],
+            kv_transport=kv_transport, engine=dataclasses.replace(engine),
+        ))
+        decode = start_worker(WorkerConfig(
+            role="decode", kvstore=kvstore.address, worker_id="decode-0", served_model_name=names[0],
+            kv_transport=kv_transport, engine=dataclasses.replace(engine),
+        ))
     router = start_router(RouterSettings(
         kvstore=kvstore.address, listen=router_listen, model=engine.model, served_model_names=names,
         max_model_len=engine.max_model_len, disagg_min_tokens=disagg_min_tokens,

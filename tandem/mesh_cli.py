@@ -111,6 +111,8 @@ def add_serve_parser(commands: argparse._SubParsersAction, add_engine_args) -> N
     parser.add_argument("--listen", default=env_default("listen", "127.0.0.1:50051"), help="router gRPC address")
     serving_cli.add_served_name_arg(parser)
     parser.add_argument("--disagg-min-tokens", type=int, default=int(env_default("disagg_min_tokens", "32")))
+    parser.add_argument("--colocated", action="store_true", default=env_default("colocated") == "1",
+                        help="one worker in both roles (single-GPU hosts: no KV copy between engines)")
     serving_cli.add_http_args(parser, "--port", 8000)
     serving_cli.add_admission_args(parser)
     parser.set_defaults(handler=run_serve)
@@ -123,7 +125,7 @@ def run_serve(args: argparse.Namespace, engine_kwargs: dict) -> int:
     mesh = start_embedded_mesh(
         EngineConfig(model=args.model, **engine_kwargs), router_listen=args.listen,
         served_model_names=serving_cli.served_names(args), disagg_min_tokens=args.disagg_min_tokens,
-        admission=serving_cli.admission_limits(args),
+        admission=serving_cli.admission_limits(args), colocated=args.colocated,
     )
     print(f"tandem router listening on {mesh.address}", flush=True)
     gateway = serving_cli.start_http(

@@ -163,3 +163,16 @@ def test_mesh_keeps_serving_while_the_kvstore_is_down(tiny_checkpoints, offline)
         assert counters["registry_errors"] >= 1 and counters["publish_errors"] >= 1
     finally:
         mesh.stop()
+
+
+def test_colocated_embedded_mesh_keeps_kv_in_one_engine(tiny_checkpoints, offline):
+    mesh = start_embedded_mesh(engine_config(tiny_checkpoints["qwen2"]), colocated=True)
+    try:
+        client = MeshClient(mesh.address, mesh.kvstore.address)
+        p = prompt(7, 120)
+        assert client.generate(p, PARAMS)[0] == offline.generate([p], PARAMS)[0].outputs[0].token_ids
+        counters = mesh.decode.worker.counters
+        assert mesh.prefill is mesh.decode
+        assert counters["prefill_requests"] == 0 and counters["published_blocks"] == 0
+    finally:
+        mesh.stop()
