@@ -124,12 +124,3 @@ def test_async_engine_streams_and_aborts(tiny_checkpoints):
             runner.generate("bad", [], SamplingParams())
     finally:
         runner.shutdown()
-
-
-def test_warm_up_leaves_no_trace(tiny_checkpoints):
-    engine = make_engine(tiny_checkpoints["mistral"])
-    engine.warm_up((16, 40))
-    stats = engine.stats()
-    assert stats.num_free_blocks == stats.num_total_blocks and stats.num_running == stats.num_waiting == 0
-    assert stats.prefix_cache_queried_tokens == 0 and engine.kv_cache.pool.num_cached_blocks == 0
-    assert not engine.outputs.parents

@@ -22,7 +22,7 @@ from services.engine.block_exchange import BlockExchange
 from services.engine.config import EngineConfig
 from services.engine.cuda_graphs import capture_memory_estimate
 from services.engine.errors import InvalidRequestError
-from services.engine.kv_cache_manager import KVCacheManager, PrefixCacheStats
+from services.engine.kv_cache_manager import KVCacheManager
 from services.engine.model_loading import LoadedModel, load_model
 from services.engine.model_runner import ModelRunner, cuda_graphs_supported, num_kv_blocks_for_budget
 from services.engine.output_processor import OutputProcessor
@@ -207,27 +207,6 @@ class LLMEngine:
                 self.outputs.on_finished(request, stop)
             elif request.request_id in finished_ids:
                 self.outputs.on_finished(request)
-
-    def warm_up(self, prompt_lens: tuple[int, ...] = (16, 512)) -> None:
-        """Run a few throwaway prompts so kernels are compiled before the first real request.
-
-        Triton compiles each kernel variant on first use; without this the
-        first 512-token prompt on a GPU paid most of a second for it. The
-        cache and the prefix statistics are reset afterwards, so the warm-up
-        leaves no trace a user could see.
-        """
-        params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
-        ids = []
-        for length in prompt_lens:
-            if length < self.max_model_len:
-                ids.append(f"warm-up-{length}")
-                # Token 0 repeated: any valid id works, the outputs are dropped.
-                self.add_request(ids[-1], [0] * length, params)
-        while self.has_unfinished_requests():
-            self.step()
-        self.step()  # collect the finished outputs so nothing is left pending
-        self.kv_cache.pool.reset_prefix_cache()
-        self.kv_cache.stats = PrefixCacheStats()
 
     # -- introspection -------------------------------------------------------------
 

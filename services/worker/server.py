@@ -64,8 +64,6 @@ def start_worker(config: WorkerConfig) -> RunningWorker:
     if config.role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {config.role!r}")
     engine = LLMEngine(config.engine)
-    if engine.device.type == "cuda":
-        engine.warm_up()
     async_engine = AsyncEngine(engine, name=f"{config.worker_id}-engine").start()
     kvstore = (
         KvStoreClient(config.kvstore, transport=config.kv_transport, producer_id=config.worker_id)
