@@ -78,3 +78,29 @@ def test_transfer_measurement_reports_both_transports() -> None:
     for timing in timings:
         assert timing.total_bytes == 8 * LAYOUT.size_bytes
         assert timing.put_mb_s > 0 and timing.get_mb_s > 0
+
+
+def test_staging_segments_of_a_killed_producer_are_cleared_by_its_successor() -> None:
+    from services.kvstore.shm import SHM_DIR
+    from services.kvstore.transport.shm import _StagingPool
+
+    dead = _a_dead_pid()
+    leftover = SHM_DIR / f"tandem-put-worker_x-{dead}-0"
+    leftover.write_bytes(b"\0" * 16)
+    other_tag = SHM_DIR / f"tandem-put-worker_y-{dead}-0"
+    other_tag.write_bytes(b"\0" * 16)
+    try:
+        _StagingPool("worker_x")
+        assert not leftover.exists()
+        assert other_tag.exists()  # another producer's name: left to that producer
+    finally:
+        leftover.unlink(missing_ok=True)
+        other_tag.unlink(missing_ok=True)
+
+
+def _a_dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

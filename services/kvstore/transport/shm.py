@@ -21,7 +21,7 @@ import torch
 
 from services.kvstore.errors import InvalidBlockError
 from services.kvstore.payload import BlockPayload, PutResult
-from services.kvstore.shm import SegmentMapCache, ShmError, ShmSegment, segment_name
+from services.kvstore.shm import SegmentMapCache, ShmError, ShmSegment, remove_stale_segments, segment_name
 from services.kvstore.transport.base import Transport
 from tandem._proto.tandem.v1 import kvstore_pb2, kvstore_pb2_grpc
 
@@ -41,6 +41,9 @@ class _StagingPool:
     """Reusable staging segments, each used by one put at a time."""
 
     def __init__(self, tag: str, max_idle: int = 2) -> None:
+        # A producer killed with SIGKILL cannot unlink its staging segments; the
+        # next process producing under the same tag (worker id) clears them.
+        remove_stale_segments("put", tag)
         self._tag = tag
         self._max_idle = max_idle
         self._lock = threading.Lock()
