@@ -66,15 +66,6 @@ def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
     )
 
 
-def sample_logprobs_to_proto(lp: SampleLogprobs) -> common_pb2.TokenLogprob:
-    return common_pb2.TokenLogprob(
-        token_id=lp.token_id,
-        logprob=lp.logprob,
-        rank=lp.rank,
-        top=[common_pb2.TopLogprob(token_id=t, logprob=v) for t, v in zip(lp.top_token_ids, lp.top_logprobs)],
-    )
-
-
 def sample_logprobs_from_proto(msg: common_pb2.TokenLogprob) -> SampleLogprobs:
     return SampleLogprobs(
         token_id=msg.token_id,

@@ -75,10 +75,6 @@ class AsyncEngine:
         self._commands.put(lambda: None)  # wake the loop
         self._thread.join(timeout)
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and self._error is None
-
     # -- API for server threads ----------------------------------------------------
 
     def generate(self, request_id: str, prompt: str | list[int], params: Any = None, **presampled: Any) -> RequestStream:

@@ -22,8 +22,6 @@ class BlockExchange:
         self.kv_cache = kv_cache
         self.runner = runner
         self.layout: KVLayout = layout_of(runner.kv_caches)
-        self.num_imported_blocks = 0
-        self.num_exported_blocks = 0
 
     def chain_hashes(self, token_ids: list[int]) -> list[BlockHash]:
         """Keys of every full block of a token sequence (the same keys every service computes)."""
@@ -54,13 +52,12 @@ class BlockExchange:
             for block, (block_hash, _) in zip(blocks, todo):
                 pool.cache_block(block, block_hash)
             pool.free(reversed(blocks))
-            self.num_imported_blocks += len(blocks)
         return self.count_local(hashes)
 
     def computed_in(self, step: SchedulerOutput, request_ids: Container[str]) -> list[ExportedBlock]:
         """Copies of the full blocks the step finished computing, for the named requests."""
         bs = self.kv_cache.block_size
-        wanted: list[tuple[int, BlockHash, BlockHash | None]] = []
+        wanted: list[tuple[str, int, BlockHash, BlockHash | None]] = []
         for chunk in step.chunks:
             request = chunk.request
             if request.request_id not in request_ids:
@@ -70,9 +67,8 @@ class BlockExchange:
             first = chunk.num_computed_before // bs  # the first block not complete before the step
             for index in range(first, min(end // bs, len(request.block_hashes))):
                 parent = request.block_hashes[index - 1] if index else None
-                wanted.append((chunk.block_ids[index], request.block_hashes[index], parent))
+                wanted.append((request.request_id, chunk.block_ids[index], request.block_hashes[index], parent))
         if not wanted:
             return []
-        payloads = export_blocks(self.runner.kv_caches, [block_id for block_id, _, _ in wanted])
-        self.num_exported_blocks += len(wanted)
-        return [ExportedBlock(h, parent, p) for (_, h, parent), p in zip(wanted, payloads)]
+        payloads = export_blocks(self.runner.kv_caches, [block_id for _, block_id, _, _ in wanted])
+        return [ExportedBlock(rid, h, parent, p) for (rid, _, h, parent), p in zip(wanted, payloads)]

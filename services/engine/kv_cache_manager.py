@@ -97,9 +97,6 @@ class KVCacheManager:
     def block_ids(self, request_id: str) -> list[int]:
         return list(self._req_block_ids.get(request_id, ()))
 
-    def num_held_blocks(self, request_id: str) -> int:
-        return len(self._req_blocks.get(request_id, ()))
-
     # -- allocation ----------------------------------------------------------
 
     def _num_new_blocks(self, request: Request, num_new_tokens: int, num_hits: int) -> int:

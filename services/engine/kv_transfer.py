@@ -45,6 +45,7 @@ class KVLayout:
 
 @dataclass
 class ExportedBlock:
+    request_id: str  # the request whose step computed it
     block_hash: BlockHash
     parent_hash: BlockHash | None
     payload: torch.Tensor  # 1-D uint8 on CPU, KVLayout.payload_bytes long

@@ -127,11 +127,9 @@ class EngineWorker:
             ids = set(self._publishing)
         if not ids:
             return
-        exported = self.blocks.computed_in(step, ids)
         by_request: dict[str, list[ExportedBlock]] = defaultdict(list)
-        owner = {h: c.request.request_id for c in step.chunks for h in c.request.block_hashes}
-        for block in exported:
-            by_request[owner[block.block_hash]].append(block)
+        for block in self.blocks.computed_in(step, ids):
+            by_request[block.request_id].append(block)
         for request_id, blocks in by_request.items():
             future = self._publisher.submit(self._put, blocks)
             with self._lock:
