@@ -5,7 +5,11 @@ workload is ``--num-prompts`` random prompts of ``isl`` tokens, ``osl`` greedy
 output tokens each, EOS ignored. HF runs the same prompts as one batch.
 
     python -m bench.gpu_offline_throughput [--workloads 128/128 512/128 1000/1000] [--num-prompts 128]
-        [--no-cuda-graphs] [--hf-max-isl-plus-osl 0]
+        [--no-cuda-graphs] [--hf-max-isl-plus-osl 0] [--compare-sequential]
+        [--max-num-seqs 256] [--kv-cache-memory-fraction 0.6]
+
+``--compare-sequential`` also times tandem with overlap scheduling off (each
+step collected before the next is scheduled), on the same prompts in the same run.
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ from bench.real_shapes import LLAMA_31_8B, write_model_folder
 
 
 def run_tandem(
-    folder: Path, prompts: list[list[int]], osl: int, max_len: int, cuda_graphs: bool
+    folder: Path, prompts: list[list[int]], osl: int, max_len: int, cuda_graphs: bool,
+    overlap: bool = True, max_num_seqs: int = 256, kv_fraction: float = 0.6,
 ) -> tuple[float, float]:
     """Seconds to generate, and MiB the CUDA graphs took at start-up (0 when off)."""
     from tandem import LLM, SamplingParams
 
     llm = LLM(model=str(folder), load_format="dummy", dtype="bfloat16", device="cuda", max_model_len=max_len,
-              kv_cache_memory_fraction=0.6, max_num_seqs=256, max_num_batched_tokens=8192,
-              cuda_graphs=cuda_graphs)
+              kv_cache_memory_fraction=kv_fraction, max_num_seqs=max_num_seqs, max_num_batched_tokens=8192,
+              cuda_graphs=cuda_graphs, overlap_scheduling=overlap)
     # Warm-up of the workload's shape on other random prompts (no prefix-cache
     # hits later): its prefill steps mix as many sequences as the timed run's,
     # so every kernel variant is compiled before the clock starts.
@@ -80,6 +85,9 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--hf-max-isl-plus-osl", type=int, default=700, help="skip HF beyond this length")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="run tandem's decode steps eagerly")
+    parser.add_argument("--compare-sequential", action="store_true", help="also run with overlap scheduling off")
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--kv-cache-memory-fraction", type=float, default=0.6)
     args = parser.parse_args()
     folder = write_model_folder(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
     rng = random.Random(0)
@@ -87,10 +95,17 @@ def main() -> None:
         isl, osl = (int(x) for x in workload.split("/"))
         prompts = [[rng.randrange(2, 128000) for _ in range(isl)] for _ in range(args.num_prompts)]
         tokens = osl * len(prompts)
-        t_elapsed, capture_mib = run_tandem(folder, prompts, osl, isl + osl + 16, not args.no_cuda_graphs)
+        engine = dict(cuda_graphs=not args.no_cuda_graphs, max_num_seqs=args.max_num_seqs,
+                      kv_fraction=args.kv_cache_memory_fraction)
+        t_elapsed, capture_mib = run_tandem(folder, prompts, osl, isl + osl + 16, **engine)
         record = dict(model="Llama-3.1-8B shape, random bf16", isl=isl, osl=osl, num_prompts=len(prompts),
                       output_tok_per_s=round(tokens / t_elapsed, 1), elapsed_s=round(t_elapsed, 2),
-                      cuda_graphs=not args.no_cuda_graphs, graph_capture_mib=round(capture_mib, 1))
+                      cuda_graphs=not args.no_cuda_graphs, overlap_scheduling=True, max_num_seqs=args.max_num_seqs,
+                      graph_capture_mib=round(capture_mib, 1))
+        if args.compare_sequential:
+            s_elapsed, _ = run_tandem(folder, prompts, osl, isl + osl + 16, overlap=False, **engine)
+            record.update(sequential_output_tok_per_s=round(tokens / s_elapsed, 1),
+                          overlap_speedup=round(s_elapsed / t_elapsed, 3))
         if isl + osl <= args.hf_max_isl_plus_osl:
             h_elapsed = run_hf(prompts, osl)
             record.update(hf_output_tok_per_s=round(tokens / h_elapsed, 1), hf_batch=len(prompts),

@@ -1,11 +1,14 @@
-"""Where offline generation time goes: prompt (mixed) steps, decode steps, and host work around them.
+"""Where offline generation time goes: the host's launch work, waits on the GPU, and the rest.
 
 Same model and prompts as ``bench.gpu_offline_throughput``. After one warm-up
-run that compiles every kernel variant, runs the workload with CUDA graphs off
-and on, alternating, and prints one JSON line per run: seconds in steps that
-carry prompt tokens, seconds and ms/step in decode-only steps (runner time,
-i.e. inputs, forward, sampling and the token sync), and the rest of the wall
-time (scheduling, output processing), all of it host work the GPU waits on.
+run that compiles every kernel variant, runs the workload with overlap
+scheduling off and on (CUDA graphs on), alternating, and prints one JSON line
+per run. The runner's two calls are timed apart: ``launch`` (building inputs
+and queueing the forward and sampling: host work) and ``collect`` (the host
+waiting for the step's token ids, split by decode-only and mixed steps). The
+rest of the wall time is scheduling and output processing. Without overlap,
+the GPU idles through launch and the rest; with it, those run while the GPU
+computes the step launched before, and the waits absorb the GPU time.
 
     python -m bench.offline_step_breakdown [--isl 1000] [--osl 300] [--num-prompts 128] [--repeats 2]
 """
@@ -26,19 +29,16 @@ import torch
 from bench.common import emit
 from bench.real_shapes import write_model_folder
 from services.engine.decode_inputs import is_decode_only
-from services.engine.model_runner import RunnerOutput
-from services.engine.scheduler import SchedulerOutput
+from services.engine.model_runner import LaunchedStep
 
 
-def timed_execute(
-    execute: Callable[..., RunnerOutput], totals: dict[str, list[float]]
-) -> Callable[..., RunnerOutput]:
-    """``execute`` that adds its wall time to ``totals['decode' | 'mixed']`` = [steps, seconds]."""
+def timed(fn: Callable[..., Any], totals: dict[str, list[float]], key_of: Callable[..., str]) -> Callable[..., Any]:
+    """``fn`` that adds one call and its wall time to ``totals[key_of(first argument)]``."""
 
-    def wrapper(step: SchedulerOutput, *args: Any, **kwargs: Any) -> RunnerOutput:
+    def wrapper(arg: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        out = execute(step, *args, **kwargs)
-        entry = totals["decode" if is_decode_only(step.chunks) else "mixed"]
+        out = fn(arg, *args, **kwargs)
+        entry = totals.setdefault(key_of(arg), [0, 0.0])
         entry[0] += 1
         entry[1] += time.perf_counter() - started
         return out
@@ -46,28 +46,36 @@ def timed_execute(
     return wrapper
 
 
-def run_once(folder: Path, prompts: list[list[int]], osl: int, cuda_graphs: bool, **engine_args: Any) -> dict:
+def _collect_key(launched: LaunchedStep) -> str:
+    return "wait_decode" if is_decode_only(launched.step.chunks) else "wait_mixed"
+
+
+def run_once(folder: Path, prompts: list[list[int]], osl: int, overlap: bool, **engine_args: Any) -> dict:
     from tandem import LLM, SamplingParams
 
     llm = LLM(model=str(folder), max_model_len=len(prompts[0]) + osl + 16, max_num_seqs=256,
-              max_num_batched_tokens=8192, cuda_graphs=cuda_graphs, **engine_args)
-    totals: dict[str, list[float]] = {"decode": [0, 0.0], "mixed": [0, 0.0]}
+              max_num_batched_tokens=8192, overlap_scheduling=overlap, **engine_args)
+    totals: dict[str, list[float]] = {}
     runner = llm.engine.runner
-    runner.execute = timed_execute(runner.execute, totals)  # type: ignore[method-assign]
+    runner.launch = timed(runner.launch, totals, lambda step: "launch")  # type: ignore[method-assign]
+    runner.collect = timed(runner.collect, totals, _collect_key)  # type: ignore[method-assign]
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     started = time.perf_counter()
     llm.generate(prompts, SamplingParams(temperature=0, max_tokens=osl, ignore_eos=True))
     elapsed = time.perf_counter() - started
-    (decode_steps, decode_s), (mixed_steps, mixed_s) = totals["decode"], totals["mixed"]
-    outside_s = elapsed - decode_s - mixed_s
+    launch_steps, launch_s = totals.get("launch", [0, 0.0])
+    decode_steps, decode_wait_s = totals.get("wait_decode", [0, 0.0])
+    mixed_steps, mixed_wait_s = totals.get("wait_mixed", [0, 0.0])
+    rest_s = elapsed - launch_s - decode_wait_s - mixed_wait_s
     record = {
-        "cuda_graphs": cuda_graphs, "graph_steps": runner.num_graph_steps, "elapsed_s": round(elapsed, 3),
-        "mixed_steps": mixed_steps, "mixed_s": round(mixed_s, 3),
-        "decode_steps": decode_steps, "decode_s": round(decode_s, 3),
-        "decode_ms_per_step": round(1e3 * decode_s / max(decode_steps, 1), 3),
-        "outside_runner_s": round(outside_s, 3),
-        "outside_runner_ms_per_step": round(1e3 * outside_s / max(decode_steps + mixed_steps, 1), 3),
+        "overlap_scheduling": overlap, "graph_steps": runner.num_graph_steps, "elapsed_s": round(elapsed, 3),
+        "steps": launch_steps, "launch_s": round(launch_s, 3),
+        "launch_ms_per_step": round(1e3 * launch_s / max(launch_steps, 1), 3),
+        "mixed_steps": mixed_steps, "mixed_wait_s": round(mixed_wait_s, 3),
+        "decode_steps": decode_steps, "decode_wait_s": round(decode_wait_s, 3),
+        "decode_ms_per_step": round(1e3 * (elapsed - mixed_wait_s) / max(decode_steps, 1), 3),
+        "rest_s": round(rest_s, 3), "rest_ms_per_step": round(1e3 * rest_s / max(launch_steps, 1), 3),
     }
     del llm, runner
     gc.collect()
@@ -90,8 +98,8 @@ def main() -> None:
                    "kv_cache_memory_fraction": 0.6}
     run_once(folder, prompts, args.osl, True, **engine_args)  # compiles every kernel variant
     for _ in range(args.repeats):
-        for cuda_graphs in (False, True):
-            record = run_once(folder, prompts, args.osl, cuda_graphs, **engine_args)
+        for overlap in (False, True):
+            record = run_once(folder, prompts, args.osl, overlap, **engine_args)
             emit("offline_step_breakdown", model="Llama-3.1-8B shape, random bf16", isl=args.isl,
                  osl=args.osl, num_prompts=args.num_prompts, **record)
 

@@ -35,6 +35,9 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="run every decode step eagerly (CUDA graphs are on by default on GPUs)")
     parser.add_argument("--cuda-graph-max-batch", type=int, default=opt_int("cuda_graph_max_batch"),
                         help="largest decode batch captured in a CUDA graph (default: --max-num-seqs)")
+    parser.add_argument("--no-overlap-scheduling", action="store_true",
+                        default=_env("no_overlap_scheduling", "") not in ("", "0", "false"),
+                        help="collect each step before scheduling the next (overlap is on by default on GPUs)")
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
@@ -51,6 +54,7 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
         "load_format": args.load_format,
         "cuda_graphs": not args.no_cuda_graphs,
         "cuda_graph_max_batch": args.cuda_graph_max_batch,
+        "overlap_scheduling": False if args.no_overlap_scheduling else None,
     }
 
 

@@ -11,9 +11,9 @@ from tests.fixtures.hf_oracle import make_prompts
 from tests.test_engine_vs_hf import assert_no_leak, make_llm
 
 
-@pytest.fixture(scope="module")
-def llm(tiny_checkpoints) -> LLM:
-    return make_llm(tiny_checkpoints["llama"])
+@pytest.fixture(scope="module", params=[False, True], ids=["sequential", "overlap"])
+def llm(tiny_checkpoints, request) -> LLM:
+    return make_llm(tiny_checkpoints["llama"], overlap_scheduling=request.param)
 
 
 def prompts(llm: LLM, n: int, seed: int) -> list[list[int]]:

@@ -4,6 +4,9 @@ Every test runs a real tiny checkpoint (one per architecture) through the whole
 engine (scheduler, paged KV cache, batched model, sampler) and compares with
 HF ``generate`` run one prompt at a time. After every run the pool must be
 whole again: every block free (or cached-free), no request holding any.
+Each test runs twice: steps one after another, and with overlap scheduling
+(step N+1 scheduled and launched before step N's tokens are read back, its
+pending input ids filled in from step N's sampled ids).
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from tests.fixtures.tiny_models import TINY_ARCHS
 
 MAX_TOKENS = 12
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+
+@pytest.fixture(params=[False, True], ids=["sequential", "overlap"])
+def overlap(request) -> bool:
+    return request.param
 
 
 def make_llm(checkpoint, **kwargs) -> LLM:
@@ -39,8 +47,8 @@ def prompts_for(llm: LLM, n: int = 8, seed: int = 0, max_len: int = 120) -> list
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_mixed_batch_matches_hf(tiny_checkpoints, arch):
-    llm = make_llm(tiny_checkpoints[arch])
+def test_mixed_batch_matches_hf(tiny_checkpoints, arch, overlap):
+    llm = make_llm(tiny_checkpoints[arch], overlap_scheduling=overlap)
     prompts = prompts_for(llm, n=8, seed=hash(arch) % 1000)
     outputs = llm.generate(prompts, GREEDY)
     expected = hf_greedy(tiny_checkpoints[arch], prompts, MAX_TOKENS)
@@ -52,9 +60,9 @@ def test_mixed_batch_matches_hf(tiny_checkpoints, arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_chunked_prefill_matches_hf(tiny_checkpoints, arch):
+def test_chunked_prefill_matches_hf(tiny_checkpoints, arch, overlap):
     # A 13-token budget splits every long prompt into chunks that share steps with decodes.
-    llm = make_llm(tiny_checkpoints[arch], max_num_batched_tokens=13)
+    llm = make_llm(tiny_checkpoints[arch], max_num_batched_tokens=13, overlap_scheduling=overlap)
     prompts = prompts_for(llm, n=8, seed=7, max_len=150)
     outputs = llm.generate(prompts, GREEDY)
     assert [o.outputs[0].token_ids for o in outputs] == hf_greedy(tiny_checkpoints[arch], prompts, MAX_TOKENS)
@@ -62,8 +70,8 @@ def test_chunked_prefill_matches_hf(tiny_checkpoints, arch):
 
 
 @pytest.mark.parametrize("arch", ["llama3", "qwen2"])
-def test_prefix_cache_hits_match_hf(tiny_checkpoints, arch):
-    llm = make_llm(tiny_checkpoints[arch])
+def test_prefix_cache_hits_match_hf(tiny_checkpoints, arch, overlap):
+    llm = make_llm(tiny_checkpoints[arch], overlap_scheduling=overlap)
     system = prompts_for(llm, n=2, seed=3, max_len=70)[1]  # a 70-token shared prefix
     suffixes = prompts_for(llm, n=8, seed=4, max_len=20)
     prompts = [system + s for s in suffixes]
@@ -79,9 +87,9 @@ def test_prefix_cache_hits_match_hf(tiny_checkpoints, arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
-def test_preemption_under_tiny_block_budget_matches_hf(tiny_checkpoints, arch):
+def test_preemption_under_tiny_block_budget_matches_hf(tiny_checkpoints, arch, overlap):
     # 14 blocks x 16 tokens: far fewer than 8 prompts of up to 100 tokens need at once.
-    llm = make_llm(tiny_checkpoints[arch], num_kv_blocks=14, max_model_len=160)
+    llm = make_llm(tiny_checkpoints[arch], num_kv_blocks=14, max_model_len=160, overlap_scheduling=overlap)
     prompts = prompts_for(llm, n=8, seed=11, max_len=100)
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     outputs = llm.generate(prompts, params)
@@ -90,9 +98,9 @@ def test_preemption_under_tiny_block_budget_matches_hf(tiny_checkpoints, arch):
     assert_no_leak(llm)
 
 
-def test_logprobs_match_hf_log_softmax(tiny_checkpoints):
+def test_logprobs_match_hf_log_softmax(tiny_checkpoints, overlap):
     ckpt = tiny_checkpoints["qwen2"]
-    llm = make_llm(ckpt)
+    llm = make_llm(ckpt, overlap_scheduling=overlap)
     prompts = prompts_for(llm, n=3, seed=5, max_len=40)
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=5, prompt_logprobs=3)
     for prompt, out in zip(prompts, llm.generate(prompts, params)):

@@ -20,8 +20,9 @@ from tests.redis_server import redis_prefix, redis_url  # noqa: F401
 PARAMS = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 
 
-def engine_config(ckpt) -> EngineConfig:
-    return EngineConfig(model=str(ckpt), dtype="float32", num_kv_blocks=256, max_model_len=512)
+def engine_config(ckpt, overlap_scheduling: bool = False) -> EngineConfig:
+    return EngineConfig(model=str(ckpt), dtype="float32", num_kv_blocks=256, max_model_len=512,
+                        overlap_scheduling=overlap_scheduling)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,9 @@ def forget_local_blocks(mesh) -> None:
 
 @pytest.mark.parametrize("transport", ["grpc", "shm"])
 def test_transports_give_the_offline_tokens(tiny_checkpoints, offline, transport):
-    mesh = start_embedded_mesh(engine_config(tiny_checkpoints["qwen2"]), kv_transport=transport, disagg_min_tokens=16)
+    # The gRPC case also runs both workers' engines with overlap scheduling (the GPU default).
+    config = engine_config(tiny_checkpoints["qwen2"], overlap_scheduling=transport == "grpc")
+    mesh = start_embedded_mesh(config, kv_transport=transport, disagg_min_tokens=16)
     try:
         client = MeshClient(mesh.address, mesh.kvstore.address)
         p = prompt(1)

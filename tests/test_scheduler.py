@@ -120,3 +120,62 @@ def test_preempted_request_readmits_through_its_own_cached_blocks():
         if not s.has_unfinished:
             break
     assert readmitted is not None, "b should have skipped its cached prompt blocks on re-admission"
+
+
+# -- overlap scheduling: step N+1 is scheduled before step N's tokens are known --
+
+
+def test_overlap_schedules_the_pending_token_before_it_is_known():
+    s = make_scheduler()
+    r = req("a", 5, max_tokens=3)
+    s.add_request(r)
+    first = s.schedule()
+    assert (first.chunks[0].num_computed_before, first.chunks[0].num_new_tokens) == (0, 5)
+    assert r.num_computed_tokens == 5 and r.num_pending_tokens == 1 and r.num_tokens == 5
+    # Step 1 is still "on the GPU": step 2 decodes the token step 1 samples.
+    second = s.schedule()
+    assert [(c.num_computed_before, c.num_new_tokens, c.samples) for c in second.chunks] == [(5, 1, True)]
+    assert r.num_pending_tokens == 2 and r.num_computed_tokens == 6
+    assert s.update_from_output(first, {"a": 11}) == []
+    assert r.output_token_ids == [11] and r.num_pending_tokens == 1
+    # Its second pending token brings it to max_tokens=3 only with a third: still scheduled.
+    third = s.schedule()
+    assert [(c.num_computed_before, c.num_new_tokens) for c in third.chunks] == [(6, 1)]
+    assert s.update_from_output(second, {"a": 12}) == []
+    # Two known + one pending = max_tokens: nothing more to schedule for it.
+    assert s.schedule().is_empty
+    assert s.update_from_output(third, {"a": 13}) == [r]
+    assert r.output_token_ids == [11, 12, 13] and r.status is RequestStatus.FINISHED_LENGTH
+    assert s.kv_cache.pool.num_free_blocks == 32
+
+
+def test_overlap_drops_the_extra_step_of_a_request_that_hit_eos():
+    s = make_scheduler()
+    r = Request("a", [1, 2, 3], SamplingParams(temperature=0, max_tokens=10), eos_token_id=9)
+    s.add_request(r)
+    first = s.schedule()
+    second = s.schedule()  # launched before step 1 says "eos"
+    assert s.update_from_output(first, {"a": 9}) == [r]
+    assert r.status is RequestStatus.FINISHED_STOPPED and s.kv_cache.num_requests == 0
+    # The second step's token for it arrives after it finished: ignored.
+    assert s.update_from_output(second, {"a": 4}) == []
+    assert r.output_token_ids == [9]
+
+
+def test_overlap_preempted_request_waits_for_its_pending_token():
+    s = make_scheduler(num_blocks=2, max_len=64)
+    a, b = req("a", 4, max_tokens=8), req("b", 4, max_tokens=8, start=50)
+    s.add_request(a)
+    s.add_request(b)
+    first = s.schedule()  # one 4-token block each: the pool is full
+    second = s.schedule()  # a needs a 3rd block for its 5th token: b (in flight) is preempted
+    assert second.preempted == [b] and b.num_pending_tokens == 1 and s.waiting[0] is b
+    s.finish_request(a, RequestStatus.FINISHED_ABORTED)  # frees the whole pool
+    assert s.schedule().is_empty  # b's token is still pending: not re-admitted yet
+    s.update_from_output(first, {"a": 7, "b": 8})
+    # b's token from the step that ran before its preemption is kept.
+    assert b.output_token_ids == [8] and b.num_pending_tokens == 0
+    assert b.num_computed_tokens == 0 and b.status is RequestStatus.PREEMPTED
+    # Re-admitted: a took b's only block, so all 5 known tokens are recomputed.
+    third = s.schedule()
+    assert [(c.request, c.num_computed_before, c.num_new_tokens) for c in third.chunks] == [(b, 0, 5)]

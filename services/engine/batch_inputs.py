@@ -56,7 +56,10 @@ def _host_batch(chunks: list[ScheduledChunk], block_size: int, rows: BlockTableR
     token_ids: list[int] = []
     for chunk in chunks:
         start = chunk.num_computed_before
-        token_ids.extend(chunk.request.token_ids_slice(start, start + chunk.num_new_tokens))
+        known = chunk.request.token_ids_slice(start, start + chunk.num_new_tokens)
+        token_ids.extend(known)
+        # A token the step in flight is still sampling: a placeholder the runner fills on the device.
+        token_ids.extend([0] * (chunk.num_new_tokens - len(known)))
 
     query_start_loc = np.zeros(num_seqs + 1, dtype=np.int64)
     np.cumsum(qlen, out=query_start_loc[1:])

@@ -60,6 +60,14 @@ class EngineConfig:
     cuda_graphs: bool = True
     # Largest batch captured; None means max_num_seqs (and never more than it).
     cuda_graph_max_batch: int | None = None
+    # Schedule step N+1 while step N runs (None: on for CUDA, off on CPU, where
+    # the host is also the device and there is nothing to overlap with).
+    overlap_scheduling: bool | None = None
+
+    def resolved_overlap_scheduling(self, device: torch.device) -> bool:
+        if self.overlap_scheduling is not None:
+            return self.overlap_scheduling
+        return device.type == "cuda"
 
     def resolved_cuda_graph_max_batch(self) -> int:
         """The largest decode batch to capture, 0 when graphs are off."""

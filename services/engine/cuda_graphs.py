@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -137,12 +137,22 @@ class DecodeGraphs:
     # -- one step --------------------------------------------------------------
 
     @torch.inference_mode()
-    def run(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor:
-        """Hidden states [n, hidden] of a decode step's ``n`` tokens (a view, valid until the next run)."""
+    def run(
+        self,
+        chunks: Sequence[ScheduledChunk],
+        fill_input_ids: Callable[[torch.Tensor], object] | None = None,
+    ) -> torch.Tensor:
+        """Hidden states [n, hidden] of a decode step's ``n`` tokens (a view, valid until the next run).
+
+        ``fill_input_ids``, when given, writes on the device the input ids the
+        host left as placeholders (tokens a step still in flight samples).
+        """
         size = pick_graph_size(self.sizes, len(chunks))
         if size is None:
             raise ValueError(f"no graph holds a batch of {len(chunks)} (largest {self.sizes[-1]})")
         self._stage(chunks, size)
+        if fill_input_ids is not None:
+            fill_input_ids(self._int64[:size])
         graph = self._graphs.get(size)
         if graph is None:  # not captured (off CUDA): the same buffers, run eagerly
             return self._forward(size)[: len(chunks)]

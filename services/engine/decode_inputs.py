@@ -138,9 +138,14 @@ def fill_decode_inputs(
 
 
 def _token_at(chunk: ScheduledChunk) -> int:
-    """The one token a decode chunk computes (usually the request's last output token)."""
+    """The one token a decode chunk computes (usually the request's last output token).
+
+    A token still being sampled by the step in flight is a placeholder 0 here;
+    the runner writes its id on the device.
+    """
     request, position = chunk.request, chunk.num_computed_before
     prompt_len = len(request.prompt_token_ids)
-    if position >= prompt_len:
-        return request.output_token_ids[position - prompt_len]
-    return request.prompt_token_ids[position]
+    if position < prompt_len:
+        return request.prompt_token_ids[position]
+    outputs = request.output_token_ids
+    return outputs[position - prompt_len] if position - prompt_len < len(outputs) else 0

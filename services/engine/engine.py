@@ -6,6 +6,10 @@ Lifecycle of a request:
      prefix cache).
   2. Each ``step`` schedules a batch, runs the model once, advances every
      scheduled child, detokenizes new tokens and checks stop strings.
+     With overlap scheduling (the default on CUDA) ``step`` schedules and
+     launches step N+1 first, then collects step N: the host's scheduling,
+     input building and output processing run while the GPU computes, and
+     each call reports the tokens of the step before.
   3. A child ends on EOS / stop token / stop string (``stop``), ``max_tokens`` or
      the context limit (``length``), or ``abort_request`` (``abort``); its blocks
      go back to the pool at once. The parent finishes when all children have.
@@ -24,7 +28,12 @@ from services.engine.cuda_graphs import capture_memory_estimate
 from services.engine.errors import InvalidRequestError
 from services.engine.kv_cache_manager import KVCacheManager
 from services.engine.model_loading import LoadedModel, load_model
-from services.engine.model_runner import ModelRunner, cuda_graphs_supported, num_kv_blocks_for_budget
+from services.engine.model_runner import (
+    LaunchedStep,
+    ModelRunner,
+    cuda_graphs_supported,
+    num_kv_blocks_for_budget,
+)
 from services.engine.output_processor import OutputProcessor
 from services.engine.outputs import RequestOutput
 from services.engine.request import Request, RequestStatus
@@ -89,13 +98,15 @@ class LLMEngine:
         self.step_listeners: list[Callable[[SchedulerOutput], None]] = []
         self._children: dict[str, list[Request]] = {}
         self._ids = itertools.count()
+        self.overlap_scheduling = config.resolved_overlap_scheduling(self.device)
+        self._in_flight: LaunchedStep | None = None
         graphs = "off"
         if self.runner.cuda_graphs_active:
             graphs = f"batch <= {graph_max_batch}, {graph_bytes >> 20} MiB ({graph_reserve >> 20} MiB reserved)"
         logger.info(
-            "engine ready: %s on %s (%s), %d KV blocks of %d tokens, kernels=%s, cuda graphs: %s",
+            "engine ready: %s on %s (%s), %d KV blocks of %d tokens, kernels=%s, cuda graphs: %s, overlap: %s",
             loaded.architecture, self.device, self.dtype, num_blocks, config.block_size,
-            self.runner.kernel_backend, graphs,
+            self.runner.kernel_backend, graphs, self.overlap_scheduling,
         )
 
     # -- requests --------------------------------------------------------------
@@ -157,17 +168,26 @@ class LLMEngine:
                 self.outputs.on_finished(child)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished
+        return self.scheduler.has_unfinished or self._in_flight is not None
 
     # -- the loop ----------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         """Run one iteration; returns a snapshot of every request that changed."""
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None and _needs_token_history(previous):
+            # Penalties and min_tokens read the tokens so far on the host: let them land first.
+            self._collect(previous)
+            previous = None
         step = self.scheduler.schedule()
-        if not step.is_empty:
-            self._run(step)
-            for listener in self.step_listeners:
-                listener(step)
+        launched = self._launch(step) if not step.is_empty else None
+        if previous is not None:
+            self._collect(previous)
+        if launched is not None:
+            if self.overlap_scheduling:
+                self._in_flight = launched
+            else:
+                self._collect(launched)
         outputs = []
         for parent in self.outputs.pop_changed():
             first = self._children[parent.request_id][0]
@@ -176,17 +196,19 @@ class LLMEngine:
                 del self._children[parent.request_id]
         return outputs
 
-    def _run(self, step: SchedulerOutput) -> None:
+    def _launch(self, step: SchedulerOutput) -> LaunchedStep | None:
         try:
-            result = self.runner.execute(step)
+            return self.runner.launch(step)
         except Exception:
-            # The step's requests may now have half-written KV: end them and drop
-            # every cache key that could point at it, then keep serving the rest.
-            logger.exception("model step failed; aborting its %d requests", len(step.chunks))
-            for chunk in step.chunks:
-                self.scheduler.finish_request(chunk.request, RequestStatus.FINISHED_ABORTED)
-                self.outputs.on_finished(chunk.request)
-            self.kv_cache.pool.reset_prefix_cache()
+            self._fail(step)
+            return None
+
+    def _collect(self, launched: LaunchedStep) -> None:
+        step = launched.step
+        try:
+            result = self.runner.collect(launched)
+        except Exception:
+            self._fail(step)
             return
         for child_id, logprobs in result.prompt_logprobs.items():
             self.outputs.on_prompt_logprobs(child_id, logprobs)
@@ -195,8 +217,8 @@ class LLMEngine:
         for chunk in step.chunks:
             request = chunk.request
             token_id = result.sampled_token_ids.get(request.request_id)
-            if token_id is None:
-                continue
+            if token_id is None or (request.is_finished and request.request_id not in finished_ids):
+                continue  # no token, or the request ended before this step's result came back
             stop = self.outputs.on_token(request.request_id, token_id, result.logprobs.get(request.request_id))
             if stop is not None:
                 # A stop string wins over a length limit reached on the same token.
@@ -207,6 +229,18 @@ class LLMEngine:
                 self.outputs.on_finished(request, stop)
             elif request.request_id in finished_ids:
                 self.outputs.on_finished(request)
+        for listener in self.step_listeners:
+            listener(step)
+
+    def _fail(self, step: SchedulerOutput) -> None:
+        # The step's requests may now have half-written KV: end them and drop
+        # every cache key that could point at it, then keep serving the rest.
+        logger.exception("model step failed; aborting its %d requests", len(step.chunks))
+        for chunk in step.chunks:
+            if not chunk.request.is_finished:
+                self.scheduler.finish_request(chunk.request, RequestStatus.FINISHED_ABORTED)
+                self.outputs.on_finished(chunk.request)
+        self.kv_cache.pool.reset_prefix_cache()
 
     # -- introspection -------------------------------------------------------------
 
@@ -224,3 +258,14 @@ class LLMEngine:
             prefix_cache_queried_tokens=prefix.queried_tokens,
             num_preemptions=self.scheduler.num_preemptions,
         )
+
+
+def _needs_token_history(launched: LaunchedStep) -> bool:
+    """Whether a request of the step samples with rules that read its output tokens on the host."""
+    for request in launched.sampling:
+        params = request.sampling_params
+        if params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
+            return True
+        if request.num_output_tokens + request.num_pending_tokens <= params.min_tokens:
+            return True
+    return False

@@ -149,6 +149,9 @@ class KVCacheManager:
         if num_full <= start:
             return
         self.update_block_hashes(request)
+        # A block completed by a pending token (overlap scheduling) is keyed by
+        # a later allocation, once that token's id is known.
+        num_full = min(num_full, len(request.block_hashes))
         for i in range(start, num_full):
             self.pool.cache_block(blocks[i], request.block_hashes[i])
         self._num_keyed[request.request_id] = num_full

@@ -7,11 +7,20 @@ scheduler's typed ``SchedulerOutput``; its only output is ``RunnerOutput``.
 On CUDA, with a backend that can be captured, steps made only of one-token
 decodes replay a CUDA graph (:mod:`services.engine.cuda_graphs`); other steps
 run eagerly. Either way a step syncs with the GPU once, for the sampled ids.
+
+A step runs in two calls so the host can work while the GPU computes
+(overlap scheduling): ``launch`` queues the forward, the sampler and the
+copies of the sampled ids to pinned host memory, and returns at once;
+``collect`` waits for those copies. A step launched before the previous one
+was collected may decode tokens whose ids the host has not seen yet (the
+scheduler's pending tokens): their input ids are gathered on the device from
+the previous launch's sampled ids.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,9 +32,11 @@ from services.engine.cuda_graphs import DecodeGraphs
 from services.engine.decode_inputs import DecodeLayout, is_decode_only
 from services.engine.host_staging import HostStaging
 from services.engine.models.decoder import DecoderLM, DecoderShape, KVCache
+from services.engine.request import Request
+from services.engine.sampled_output import HostCopies, SampledBatch
 from services.engine.sampler import SampleLogprobs, Sampler, compute_prompt_logprobs
 from services.engine.sampling_batch import SamplingBatch
-from services.engine.scheduler import SchedulerOutput
+from services.engine.scheduler import ScheduledChunk, SchedulerOutput
 
 # A CPU KV cache is host memory the OS may need; vLLM's CPU backend also
 # defaults to a few GiB rather than a fraction of RAM.
@@ -38,6 +49,17 @@ class RunnerOutput:
     logprobs: dict[str, SampleLogprobs] = field(default_factory=dict)
     # Prompt logprobs computed this step, keyed by request, in position order.
     prompt_logprobs: dict[str, list[SampleLogprobs]] = field(default_factory=dict)
+
+
+@dataclass
+class LaunchedStep:
+    """A step queued on the device; :meth:`ModelRunner.collect` turns it into a ``RunnerOutput``."""
+
+    step: SchedulerOutput
+    sampling: list[Request]  # the requests that sample, in row order
+    sampled: SampledBatch | None  # pinned host copies, valid after ``copies.wait()``
+    copies: HostCopies
+    prompt_logprobs: dict[str, list[SampleLogprobs]]
 
 
 def kv_block_bytes(shape: DecoderShape, block_size: int, dtype: torch.dtype) -> int:
@@ -122,6 +144,9 @@ class ModelRunner:
             self.decode_graphs = DecodeGraphs(model, self.kv_caches, layout, device, self._block_rows)
         self.num_graph_steps = 0
         self.num_eager_steps = 0
+        # The last launched step's sampled ids (device) and each sampling request's row in them.
+        self._last_sampled: torch.Tensor | None = None
+        self._last_rows: dict[str, int] = {}
 
     def capture_cuda_graphs(self) -> int:
         """Capture the decode graphs (engine start); returns their memory in bytes, 0 when off."""
@@ -139,13 +164,19 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput, use_cuda_graphs: bool = True) -> RunnerOutput:
-        """Run one step; ``use_cuda_graphs=False`` forces the eager path (comparisons, benchmarks)."""
-        out = RunnerOutput()
+        """Run one step and wait for it; ``use_cuda_graphs=False`` forces the eager path."""
+        return self.collect(self.launch(step, use_cuda_graphs))
+
+    @torch.inference_mode()
+    def launch(self, step: SchedulerOutput, use_cuda_graphs: bool = True) -> LaunchedStep:
+        """Queue one step on the device without waiting for it."""
+        copies = HostCopies(self.device)
         if step.is_empty:
-            return out
+            return LaunchedStep(step, [], None, copies, {})
+        pending = self._pending_inputs(step.chunks, graph_rows=use_cuda_graphs and self._replays_graph(step))
         if use_cuda_graphs and self._replays_graph(step):
             assert self.decode_graphs is not None
-            hidden = self.decode_graphs.run(step.chunks)
+            hidden = self.decode_graphs.run(step.chunks, pending)
             # One row per chunk: the sampled rows are the chunks that sample.
             rows = [i for i, c in enumerate(step.chunks) if c.samples]
             sample_index = None if len(rows) == len(step.chunks) else _to_device(rows, self.device)
@@ -155,26 +186,74 @@ class ModelRunner:
                 step.chunks, self.block_size, self.device,
                 slot_views=self._slot_views, staging=self._staging, rows=self._block_rows,
             )
+            if pending is not None:
+                pending(inputs.input_ids)
             hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
             sample_index = inputs.sample_token_index
             self.num_eager_steps += 1
 
-        self._prompt_logprobs(step, hidden, out)
-
+        prompt_logprobs = self._prompt_logprobs(step, hidden)
         sampling = [c.request for c in step.chunks if c.samples]
+        self._last_sampled, self._last_rows = None, {}
         if not sampling:
-            return out
+            return LaunchedStep(step, sampling, None, copies, prompt_logprobs)
         logits = self.model.compute_logits(hidden if sample_index is None else hidden[sample_index])
         batch = SamplingBatch.from_requests(sampling, logits.shape[-1], self.device)
-        result = self.sampler(logits, batch)
-        for request, token_id, logprobs in zip(sampling, result.sampled_token_ids, result.logprobs):
+        sampled = self.sampler.sample(logits, batch)
+        self._last_sampled = sampled.token_ids
+        self._last_rows = {request.request_id: row for row, request in enumerate(sampling)}
+        host = sampled.to_host(copies)
+        copies.record()
+        return LaunchedStep(step, sampling, host, copies, prompt_logprobs)
+
+    def collect(self, launched: LaunchedStep) -> RunnerOutput:
+        """Wait for a launched step's results and read them (the step's one host sync)."""
+        out = RunnerOutput(prompt_logprobs=launched.prompt_logprobs)
+        if launched.sampled is None:
+            return out
+        launched.copies.wait()
+        result = launched.sampled.to_output()
+        for request, token_id, logprobs in zip(launched.sampling, result.sampled_token_ids, result.logprobs):
             out.sampled_token_ids[request.request_id] = token_id
             if logprobs is not None:
                 out.logprobs[request.request_id] = logprobs
         return out
 
-    def _prompt_logprobs(self, step: SchedulerOutput, hidden: torch.Tensor, out: RunnerOutput) -> None:
-        """Logprobs of each prompt token given the tokens before it, for requests that asked."""
+    def _pending_inputs(
+        self, chunks: list[ScheduledChunk], graph_rows: bool
+    ) -> Callable[[torch.Tensor], None] | None:
+        """What fills in the input ids the host does not know yet, or None when it knows them all.
+
+        A chunk's input at position ``request.num_tokens`` is the token its
+        previous step sampled (the scheduler allows one such pending token); it
+        sits at the chunk's row in a graph's one-token rows, or at its offset
+        in the flat eager input.
+        """
+        dst: list[int] = []
+        src: list[int] = []
+        token_start = 0
+        for row, chunk in enumerate(chunks):
+            request = chunk.request
+            first_pending = request.num_tokens
+            if chunk.num_computed_before + chunk.num_new_tokens > first_pending:
+                if request.request_id not in self._last_rows:
+                    raise RuntimeError(f"request {request.request_id} decodes a token no launched step sampled")
+                dst.append(row if graph_rows else token_start + first_pending - chunk.num_computed_before)
+                src.append(self._last_rows[request.request_id])
+            token_start += chunk.num_new_tokens
+        if not dst:
+            return None
+        assert self._last_sampled is not None
+        values = self._last_sampled.index_select(0, _to_device(src, self.device))
+        index = _to_device(dst, self.device)
+        return lambda input_ids: input_ids.index_copy_(0, index, values)
+
+    def _prompt_logprobs(self, step: SchedulerOutput, hidden: torch.Tensor) -> dict[str, list[SampleLogprobs]]:
+        """Logprobs of each prompt token given the tokens before it, for requests that asked.
+
+        These sync with the device at launch: a step that asks for them is not overlapped.
+        """
+        out: dict[str, list[SampleLogprobs]] = {}
         token_start = 0
         for chunk in step.chunks:
             request = chunk.request
@@ -186,8 +265,9 @@ class ModelRunner:
                 rows = hidden[token_start : token_start + (last - start)]
                 targets = _to_device(request.prompt_token_ids[start + 1 : last + 1], self.device)
                 logits = self.model.compute_logits(rows)
-                out.prompt_logprobs[request.request_id] = compute_prompt_logprobs(logits, targets, k)
+                out[request.request_id] = compute_prompt_logprobs(logits, targets, k)
             token_start += chunk.num_new_tokens
+        return out
 
 
 def _to_device(values: list[int], device: torch.device) -> torch.Tensor:

@@ -6,6 +6,12 @@ A step that schedules ``k`` tokens for it advances the counter by ``k``; when th
 counter reaches ``num_tokens`` the step's sampled token is appended and the
 request is one token behind again. Preemption resets the counter to zero and
 the request recomputes everything it had, output tokens included.
+
+With overlap scheduling the scheduler plans step N+1 before step N's token is
+known. The counter then advances when a step is *scheduled*, and a step that
+will sample adds one *pending* token: its id exists only on the GPU until the
+step is collected. ``num_tokens`` counts known tokens only;
+``num_tokens_with_pending`` is what the scheduler catches up with.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class Request:
     # does not depend on what else shares its batch.
     generator: torch.Generator | None = None
     stop_reason: str | int | None = None
+    # Tokens sampled by scheduled steps whose results are not back yet (0 or 1).
+    num_pending_tokens: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -74,6 +82,10 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_tokens_with_pending(self) -> int:
+        return self.num_tokens + self.num_pending_tokens
 
     @property
     def all_token_ids(self) -> list[int]:

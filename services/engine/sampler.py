@@ -14,35 +14,24 @@ whatever else shares the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from services.engine.sampled_output import (
+    LogprobTensors,
+    SampledBatch,
+    SampleLogprobs,
+    SamplerOutput,
+    gather_logprobs,
+)
 from services.engine.sampling_batch import SamplingBatch
+
+__all__ = ["SampleLogprobs", "Sampler", "SamplerOutput", "advance_generator", "compute_prompt_logprobs"]
 
 # Keeps an exponential draw of exactly 0 from turning p / q into inf or nan.
 _MIN_EXPONENTIAL = 1e-20
 # Prompt logprobs are computed this many logit elements at a time, so a long
 # prompt never needs a full [P, V] float32 copy.
 _PROMPT_LOGPROBS_CHUNK_ELEMENTS = 32 * 1024 * 1024
-
-
-@dataclass
-class SampleLogprobs:
-    """Logprobs at one position: the chosen token's and the top ones (best first)."""
-
-    token_id: int
-    logprob: float
-    rank: int  # 1 = the most likely token
-    top_token_ids: list[int]
-    top_logprobs: list[float]
-
-
-@dataclass
-class SamplerOutput:
-    sampled_token_ids: list[int]
-    # Per row; None for rows that did not ask for logprobs.
-    logprobs: list[SampleLogprobs | None]
 
 
 class Sampler:
@@ -53,9 +42,14 @@ class Sampler:
         self._shared_generators: dict[torch.device, torch.Generator] = {}
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
+        """Sample and read the result back (syncs with the device)."""
+        return self.sample(logits, batch).to_output()
+
+    def sample(self, logits: torch.Tensor, batch: SamplingBatch) -> SampledBatch:
+        """Sample one token per row; the result stays on the device (no host sync)."""
         if batch.is_plain_greedy:
             # argmax on the model's dtype equals argmax in float32 (the cast is monotonic).
-            return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * batch.num_rows)
+            return SampledBatch(logits.argmax(dim=-1))
 
         raw_logprobs = None
         logprob_rows = [i for i, n in enumerate(batch.num_logprobs) if n is not None]
@@ -79,14 +73,11 @@ class Sampler:
             assert index is not None
             sampled[index] = self._sample_random(logits[index], batch, index, batch.random_rows)
 
-        token_ids = sampled.tolist()
-        logprobs: list[SampleLogprobs | None] = [None] * batch.num_rows
-        if raw_logprobs is not None:
-            ks = [batch.num_logprobs[i] or 0 for i in logprob_rows]
-            per_row = _gather_logprobs(raw_logprobs, sampled[logprob_rows], ks)
-            for row, row_logprobs in zip(logprob_rows, per_row):
-                logprobs[row] = row_logprobs
-        return SamplerOutput(token_ids, logprobs)
+        if raw_logprobs is None:
+            return SampledBatch(sampled)
+        ks = [batch.num_logprobs[i] or 0 for i in logprob_rows]
+        logprobs = LogprobTensors.gather(raw_logprobs, sampled[logprob_rows], max(ks))
+        return SampledBatch(sampled, logprob_rows, ks, logprobs)
 
     def _sample_random(
         self,
@@ -212,31 +203,6 @@ def _apply_top_k_top_p(
     return torch.full_like(logits, neg_inf).scatter_(1, candidate_ids, candidates)
 
 
-def _gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, ks: list[int]) -> list[SampleLogprobs]:
-    """Per row: logprob and rank of ``token_ids[row]`` plus the ``ks[row]`` best tokens."""
-    chosen = logprobs.gather(1, token_ids.unsqueeze(1))
-    # Rank = 1 + how many tokens are strictly more likely.
-    ranks = (logprobs > chosen).sum(dim=-1).add_(1)
-    max_k = max(ks, default=0)
-    if max_k > 0:
-        top_values, top_ids = logprobs.topk(max_k, dim=-1)
-        top_values_list, top_ids_list = top_values.tolist(), top_ids.tolist()
-    else:
-        top_values_list = top_ids_list = [[] for _ in ks]
-    return [
-        SampleLogprobs(
-            token_id=token_id,
-            logprob=logprob,
-            rank=rank,
-            top_token_ids=ids[:k],
-            top_logprobs=values[:k],
-        )
-        for token_id, logprob, rank, ids, values, k in zip(
-            token_ids.tolist(), chosen.squeeze(1).tolist(), ranks.tolist(), top_ids_list, top_values_list, ks
-        )
-    ]
-
-
 def compute_prompt_logprobs(
     logits: torch.Tensor, target_token_ids: torch.Tensor, k: int
 ) -> list[SampleLogprobs]:
@@ -252,5 +218,5 @@ def compute_prompt_logprobs(
     for start in range(0, num_positions, chunk_rows):
         end = min(start + chunk_rows, num_positions)
         chunk = torch.log_softmax(logits[start:end].to(torch.float32), dim=-1)
-        results.extend(_gather_logprobs(chunk, target_token_ids[start:end], [k] * (end - start)))
+        results.extend(gather_logprobs(chunk, target_token_ids[start:end], [k] * (end - start)))
     return results

@@ -13,9 +13,17 @@ Each ``schedule()`` call builds one step:
    ``max_num_seqs`` and free blocks allow, and only if nothing was preempted in
    this step. A prefix-cache hit moves ``num_computed_tokens`` past the hit.
 
-After the model ran, ``update_from_output`` advances each request's counter,
-appends the token sampled for requests that reached their end, and finishes
-those that hit EOS, a stop token id, ``max_tokens`` or ``max_model_len``.
+Scheduling a chunk advances the request's ``num_computed_tokens`` at once
+and, when the chunk samples, adds a pending token, so the next ``schedule()``
+may run before this step's results are back (overlap scheduling): a request
+then decodes its pending token, whose id the runner takes from the previous
+step's output on the device. A request whose pending token will end it by
+length (``max_tokens``, ``max_model_len``) is not scheduled again.
+
+After the model ran, ``update_from_output`` turns each pending token into a
+real one and finishes requests that hit EOS, a stop token id, ``max_tokens``
+or ``max_model_len``. A request that ends on EOS or a stop id may already be
+in the step after: that step's result for it is dropped.
 Because every running request keeps its blocks and the oldest is served first,
 the oldest request always progresses: there is no deadlock, only recompute.
 """
@@ -42,7 +50,7 @@ class ScheduledChunk:
     samples: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.samples = self.num_computed_before + self.num_new_tokens == self.request.num_tokens
+        self.samples = self.num_computed_before + self.num_new_tokens == self.request.num_tokens_with_pending
 
 
 @dataclass
@@ -108,7 +116,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = min(request.num_tokens_with_pending - request.num_computed_tokens, budget)
+            if num_new <= 0 or self._ends_by_length(request):
+                i += 1  # its step in flight finishes it (or nothing is left to compute)
+                continue
             while not self.kv_cache.can_allocate(request, num_new):
                 victim = self.running[-1]
                 if victim.request_id in scheduled:
@@ -133,6 +144,8 @@ class Scheduler:
             and len(self.running) < self.config.max_num_seqs
         ):
             request = self.waiting[0]
+            if request.num_pending_tokens:
+                break  # preempted while its last step runs: re-admit once that token is known
             hits = self.kv_cache.find_cached_prefix(request)
             num_cached_tokens = len(hits) * self.kv_cache.block_size
             num_new = min(request.num_tokens - num_cached_tokens, budget)
@@ -146,7 +159,7 @@ class Scheduler:
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             out.chunks.append(
-                ScheduledChunk(request, before + num_cached_tokens, num_new, block_ids)
+                self._advance(ScheduledChunk(request, before + num_cached_tokens, num_new, block_ids))
             )
             budget -= num_new
         return out
@@ -154,7 +167,26 @@ class Scheduler:
     def _schedule_chunk(self, request: Request, num_new: int) -> ScheduledChunk:
         before = request.num_computed_tokens
         block_ids = self.kv_cache.allocate(request, num_new)
-        return ScheduledChunk(request, before, num_new, block_ids)
+        return self._advance(ScheduledChunk(request, before, num_new, block_ids))
+
+    @staticmethod
+    def _advance(chunk: ScheduledChunk) -> ScheduledChunk:
+        """Count the chunk as computed now; a sampling chunk leaves a pending token."""
+        request = chunk.request
+        request.num_computed_tokens = chunk.num_computed_before + chunk.num_new_tokens
+        if chunk.samples:
+            request.num_pending_tokens += 1
+        return chunk
+
+    def _ends_by_length(self, request: Request) -> bool:
+        """Whether the pending token alone will hit ``max_tokens`` or ``max_model_len``."""
+        if not request.num_pending_tokens:
+            return False
+        max_tokens = request.sampling_params.max_tokens
+        num_outputs = request.num_output_tokens + request.num_pending_tokens
+        return (max_tokens is not None and num_outputs >= max_tokens) or (
+            request.num_tokens_with_pending >= self.config.max_model_len
+        )
 
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
@@ -170,15 +202,13 @@ class Scheduler:
     def update_from_output(
         self, output: SchedulerOutput, sampled_token_ids: dict[str, int]
     ) -> list[Request]:
-        """Advance counters, append sampled tokens; returns the requests that finished."""
+        """Append the step's sampled tokens; returns the requests that finished."""
         finished: list[Request] = []
         for chunk in output.chunks:
             request = chunk.request
-            if request.is_finished:  # aborted while its step ran
+            if not chunk.samples or request.is_finished:  # finished (or aborted) while the step ran
                 continue
-            request.num_computed_tokens = chunk.num_computed_before + chunk.num_new_tokens
-            if not chunk.samples:
-                continue
+            request.num_pending_tokens -= 1
             token_id = sampled_token_ids[request.request_id]
             request.append_output_token(token_id)
             status = self.check_token_stop(request, token_id)
