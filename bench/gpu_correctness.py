@@ -2,12 +2,14 @@
 
 Builds the tiny random checkpoints the CPU suite uses and, per arch/dtype:
 
-* ``gpu_greedy_vs_hf``: 8 prompts through tandem on CUDA (CUDA graphs on, as
-  an engine starts by default) and through HF ``generate`` one prompt at a
-  time; the same prompts with graphs off, token for token against graphs on.
+* ``gpu_greedy_vs_hf``: 8 prompts through tandem on CUDA (CUDA graphs and
+  overlap scheduling on, as an engine starts by default) and through HF
+  ``generate`` one prompt at a time; the same prompts with graphs and overlap
+  off, token for token against the default engine.
 * ``gpu_cuda_graphs_mixed``: requests joining and finishing at different steps,
   so decode batches change size nearly every step (and prompt chunks mix in
-  when requests join); tokens of the graphed engine against the eager one.
+  when requests join); tokens of the default engine (graphs, overlap) against
+  the eager, sequential one.
 
     python -m bench.gpu_correctness
 """
@@ -53,20 +55,20 @@ def agreement(got: list[list[int]], want: list[list[int]]) -> dict[str, int]:
 
 
 def greedy(
-    folder: Path, dtype_name: str, prompts: list[list[int]], cuda_graphs: bool
+    folder: Path, dtype_name: str, prompts: list[list[int]], cuda_graphs: bool, overlap: bool
 ) -> tuple[list[list[int]], int]:
     """Greedy tokens of ``prompts`` and how many steps replayed a graph."""
     from tandem import LLM, SamplingParams
 
     # A small token budget: chunked prefill mixed with decodes.
     llm = LLM(model=str(folder), dtype=dtype_name, device="cuda", num_kv_blocks=512, max_model_len=512,
-              max_num_batched_tokens=64, cuda_graphs=cuda_graphs)
+              max_num_batched_tokens=64, cuda_graphs=cuda_graphs, overlap_scheduling=overlap)
     outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True))
     return [o.outputs[0].token_ids for o in outputs], llm.engine.runner.num_graph_steps
 
 
 def staggered(
-    folder: Path, dtype_name: str, cuda_graphs: bool, seed: int = 3
+    folder: Path, dtype_name: str, cuda_graphs: bool, overlap: bool, seed: int = 3
 ) -> tuple[list[list[int]], dict]:
     """48 requests joining and finishing over ~60 steps: decode batch sizes change as they come and go."""
     from services.engine.config import EngineConfig
@@ -75,7 +77,7 @@ def staggered(
 
     engine = LLMEngine(EngineConfig(model=str(folder), dtype=dtype_name, device="cuda", num_kv_blocks=1024,
                                     max_model_len=512, max_num_batched_tokens=256, max_num_seqs=32,
-                                    cuda_graphs=cuda_graphs))
+                                    cuda_graphs=cuda_graphs, overlap_scheduling=overlap))
     rng = random.Random(seed)
     prompts = make_prompts(engine.tokenizer, 48, rng, min_len=3, max_len=80)
     # Half start together with distinct lengths, so one finishes nearly every
@@ -114,14 +116,14 @@ def main() -> None:
         folder = build_tiny_checkpoint(arch, root / arch)
         prompts = _prompts(folder)
         for dtype_name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-            got, graph_steps = greedy(folder, dtype_name, prompts, cuda_graphs=True)
-            eager, _ = greedy(folder, dtype_name, prompts, cuda_graphs=False)
+            got, graph_steps = greedy(folder, dtype_name, prompts, cuda_graphs=True, overlap=True)
+            eager, _ = greedy(folder, dtype_name, prompts, cuda_graphs=False, overlap=False)
             want = hf_greedy_cuda(folder, prompts, NEW_TOKENS, dtype)
             emit("gpu_greedy_vs_hf", arch=arch, dtype=dtype_name, prompts=len(got), **agreement(got, want),
-                 cuda_graphs=True, graph_steps=graph_steps,
+                 cuda_graphs=True, overlap_scheduling=True, graph_steps=graph_steps,
                  **{f"graphs_vs_eager_{k}": v for k, v in agreement(got, eager).items()})
-            graphed, stats = staggered(folder, dtype_name, cuda_graphs=True)
-            eager_mixed, eager_stats = staggered(folder, dtype_name, cuda_graphs=False)
+            graphed, stats = staggered(folder, dtype_name, cuda_graphs=True, overlap=True)
+            eager_mixed, eager_stats = staggered(folder, dtype_name, cuda_graphs=False, overlap=False)
             emit("gpu_cuda_graphs_mixed", arch=arch, dtype=dtype_name, requests=len(graphed),
                  **agreement(graphed, eager_mixed), **stats, eager_graph_steps=eager_stats["graph_steps"])
 
