@@ -53,7 +53,7 @@ def _collect_key(launched: LaunchedStep) -> str:
 def run_once(folder: Path, prompts: list[list[int]], osl: int, overlap: bool, **engine_args: Any) -> dict:
     from tandem import LLM, SamplingParams
 
-    llm = LLM(model=str(folder), max_model_len=len(prompts[0]) + osl + 16, max_num_seqs=256,
+    llm = LLM(model=str(folder), max_model_len=len(prompts[0]) + osl + 16,
               max_num_batched_tokens=8192, overlap_scheduling=overlap, **engine_args)
     totals: dict[str, list[float]] = {}
     runner = llm.engine.runner
@@ -90,12 +90,14 @@ def main() -> None:
     parser.add_argument("--osl", type=int, default=300)
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--kv-cache-memory-fraction", type=float, default=0.6)
     args = parser.parse_args()
     folder = write_model_folder(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
     rng = random.Random(0)
     prompts = [[rng.randrange(2, 128000) for _ in range(args.isl)] for _ in range(args.num_prompts)]
     engine_args = {"load_format": "dummy", "dtype": "bfloat16", "device": "cuda",
-                   "kv_cache_memory_fraction": 0.6}
+                   "kv_cache_memory_fraction": args.kv_cache_memory_fraction, "max_num_seqs": args.max_num_seqs}
     run_once(folder, prompts, args.osl, True, **engine_args)  # compiles every kernel variant
     for _ in range(args.repeats):
         for overlap in (False, True):
