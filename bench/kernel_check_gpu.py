@@ -2,9 +2,9 @@
 
 The compiled counterpart of tests/test_triton_kernels.py (which runs the same
 kernels interpreted on tiny shapes in CI), plus a KV cache of more than 2^31
-elements read and written at block ids past the int32 range, and a tiny
-model generating greedily with both backends. One JSON line per check; exits 1
-if any check fails.
+elements read and written at block ids past the int32 range (attention and
+the fused RoPE + cache write), and a tiny model generating greedily with both
+backends. One JSON line per check; exits 1 if any check fails.
 
     python -m bench.kernel_check_gpu
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import triton
 
-from bench.attention_bandwidth import commit
+from bench.common import git_commit
 from kernels import reference as ref
 from kernels import triton as tk
 from kernels.triton.testing import ATTENTION_TOLERANCE, attention_oracle, make_attention_case, relative_error
@@ -34,7 +34,7 @@ def report(check: str, ok: bool, **fields: object) -> None:
     if not ok:
         FAILED.append(check)
     print(json.dumps({"check": check, "ok": bool(ok), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                      "triton": triton.__version__, "commit": commit(), **fields}), flush=True)
+                      "triton": triton.__version__, "commit": git_commit(), **fields}), flush=True)
 
 
 def ulp_check(got: torch.Tensor, want: torch.Tensor, max_ulps: int = 2) -> dict[str, object]:
@@ -90,6 +90,41 @@ def check_elementwise(dtype: torch.dtype) -> None:
     tk.write_kv_cache(k, v, caches[0], caches[1], slots)
     ref.write_kv_cache(k, v, want_caches[0], want_caches[1], slots)
     report(f"write_kv_cache_{name}", all(torch.equal(a, b) for a, b in zip(caches, want_caches)))
+    check_rope_and_write_kv_cache(name, q, k, v, positions, cos, sin, caches, slots)
+
+
+def check_rope_and_write_kv_cache(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                  positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                                  caches: list[torch.Tensor], slots: torch.Tensor) -> None:
+    """The fused op against the two Triton launches it replaces (bit for bit) and the reference."""
+    fused, two_ops, reference = ([c.clone() for c in caches] for _ in range(3))
+    got_q = tk.apply_rope_and_write_kv_cache(q, k, v, positions, cos, sin, fused[0], fused[1], slots)
+    want_q, want_k = tk.apply_rope(q, k, positions, cos, sin)
+    tk.write_kv_cache(want_k, v, two_ops[0], two_ops[1], slots)
+    exact = torch.equal(got_q, want_q) and all(torch.equal(a, b) for a, b in zip(fused, two_ops))
+    ref_q = ref.apply_rope_and_write_kv_cache(q, k, v, positions, cos, sin, reference[0], reference[1], slots)
+    rq, rk = ulp_check(got_q, ref_q), ulp_check(fused[0], reference[0])
+    v_exact = torch.equal(fused[1], reference[1])
+    times = {f"t{n}_us": time_rope_and_write_kv_cache(q[:n], k[:n], v[:n], positions[:n], cos, sin, fused,
+                                                        slots[:n]) for n in (1, 64, q.shape[0])}
+    report(f"rope_and_write_kv_cache_{name}", exact and rq.pop("ok") and rk.pop("ok") and v_exact,
+           same_as_two_triton_ops=exact, q=rq, k_cache=rk, v_cache_exact=v_exact, **times)
+
+
+def time_rope_and_write_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                                 cos: torch.Tensor, sin: torch.Tensor, caches: list[torch.Tensor],
+                                 slots: torch.Tensor) -> dict[str, float]:
+    """Median microseconds of the fused op and of the two launches it replaces, replayed in a
+    CUDA graph as a decode step runs them (so host launch overhead is not what is measured)."""
+    def separate() -> None:
+        _, rotated_k = tk.apply_rope(q, k, positions, cos, sin)
+        tk.write_kv_cache(rotated_k, v, caches[0], caches[1], slots)
+
+    fused_ms = triton.testing.do_bench_cudagraph(
+        lambda: tk.apply_rope_and_write_kv_cache(q, k, v, positions, cos, sin, caches[0], caches[1], slots),
+        return_mode="median")
+    separate_ms = triton.testing.do_bench_cudagraph(separate, return_mode="median")
+    return {"fused": round(fused_ms * 1e3, 1), "separate": round(separate_ms * 1e3, 1)}
 
 
 def check_attention(name: str, shapes: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int,
@@ -116,6 +151,30 @@ def check_large_cache() -> None:
     shapes = [(2000, 1), (0, 300), (777, 129), (4095, 1), (100, 1)]
     check_attention("int64_offsets", shapes, heads, kv_heads, head_dim, block_size, torch.bfloat16,
                     num_blocks=first + 1200, first_block=first, seed=11)
+    torch.cuda.empty_cache()
+    check_large_cache_rope_and_write_kv_cache(heads, kv_heads, head_dim, block_size, first)
+
+
+def check_large_cache_rope_and_write_kv_cache(heads: int, kv_heads: int, head_dim: int, block_size: int,
+                                              first: int) -> None:
+    """The fused RoPE + cache write into blocks from ``first`` on, past 2^31 elements:
+    a wrapped 32-bit offset would land in the blocks below, which must stay zero."""
+    tokens = 512
+    caches = [torch.zeros(first + 64, block_size, kv_heads, head_dim, device=CUDA, dtype=torch.bfloat16)
+              for _ in range(2)]
+    slots = first * block_size + torch.randperm(64 * block_size, device=CUDA)[:tokens]
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, device=CUDA, dtype=torch.bfloat16)
+    q, k, v = (t.view(tokens, -1, head_dim) for t in qkv.split([heads * head_dim, kv_heads * head_dim,
+                                                                  kv_heads * head_dim], dim=-1))
+    positions = torch.randint(0, 4096, (tokens,), device=CUDA)
+    cos, sin = torch.rand(4096, head_dim, device=CUDA) * 2 - 1, torch.rand(4096, head_dim, device=CUDA) * 2 - 1
+    got_q = tk.apply_rope_and_write_kv_cache(q, k, v, positions, cos, sin, caches[0], caches[1], slots)
+    want_q, want_k = tk.apply_rope(q, k, positions, cos, sin)
+    flat_k, flat_v = (c.view(-1, kv_heads, head_dim) for c in caches)
+    placed = torch.equal(flat_k[slots], want_k) and torch.equal(flat_v[slots], v)
+    low_clean = all(int(torch.count_nonzero(c[:first])) == 0 for c in caches)
+    report("rope_and_write_kv_cache_int64_offsets", torch.equal(got_q, want_q) and placed and low_clean,
+           placed=placed, low_blocks_untouched=low_clean, cache_elements=caches[0].numel())
 
 
 def check_engine_greedy(arch: str, dtype: str) -> None:

@@ -2,8 +2,9 @@
 
 A backend is a module exposing the functions of :mod:`kernels.reference`
 (``linear``, ``prepare_linear_weight``, ``rms_norm``, ``apply_rope``,
-``silu_and_mul``, ``write_kv_cache``, ``paged_attention``) with the same
-signatures. The model asks once, at build
+``silu_and_mul``, ``write_kv_cache``, ``apply_rope_and_write_kv_cache`` (RoPE
+and the cache write as one op, which the model calls: one launch on Triton),
+``paged_attention``) with the same signatures. The model asks once, at build
 time, so no per-call dispatch cost lands on the hot path.
 """
 

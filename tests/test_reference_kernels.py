@@ -105,3 +105,9 @@ def test_paged_attention_mixed_batch_matches_naive(block_size):
         want = naive_causal_attention(query[start : start + new], k, v, ctx, d**-0.5)
         assert torch.allclose(out[start : start + new], want, atol=1e-5), (ctx, new)
         start += new
+
+
+def test_cpu_backend_exposes_every_reference_op():
+    for name in ref.__all__:
+        assert callable(getattr(cpu_ops, name)), name
+    assert cpu_ops.apply_rope_and_write_kv_cache is ref.apply_rope_and_write_kv_cache

@@ -10,23 +10,11 @@ GPU rounds to nearest, so bf16 results are compared to within a couple of ulps.
 from __future__ import annotations
 
 import inspect
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-# Triton picks compiled or interpreted @triton.jit functions, its own tl.sum & co.
-# included, when each is defined, so TRITON_INTERPRET=1 only takes effect if it
-# is set before triton is first imported. A full test session imports triton
-# early (transformers -> torch._dynamo), so then this module's tests run in a
-# fresh interpreter process instead (test_interpreted_suite_in_a_fresh_process).
-RUNS_HERE = (
-    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1" or "triton" not in sys.modules
-)
-if RUNS_HERE and not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
+from tests.triton_interpret import DEVICE, randn, run_module_in_fresh_process, skip_unless_runs_here
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
@@ -41,31 +29,17 @@ from kernels.triton.testing import (
     relative_error,
 )
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Elementwise kernels: within two ulps of the reference in the narrow dtypes.
 ELEMENTWISE_TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
 
 
 @pytest.fixture(autouse=True)
 def _interpreted_or_on_gpu(request: pytest.FixtureRequest) -> None:
-    if not RUNS_HERE and request.function is not test_interpreted_suite_in_a_fresh_process:
-        pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set; "
-                    "test_interpreted_suite_in_a_fresh_process runs this test")
+    skip_unless_runs_here(request)
 
 
 def test_interpreted_suite_in_a_fresh_process():
-    if RUNS_HERE:
-        pytest.skip("the suite runs in this process")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        check=False, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
-
-
-def randn(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, device=DEVICE).to(dtype)
+    run_module_in_fresh_process(__file__)
 
 
 def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:

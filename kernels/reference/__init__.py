@@ -6,9 +6,11 @@ from kernels.reference.linear import linear, prepare_linear_weight
 from kernels.reference.paged_attention import paged_attention
 from kernels.reference.rms_norm import rms_norm
 from kernels.reference.rope import apply_rope
+from kernels.reference.rope_kv_cache import apply_rope_and_write_kv_cache
 
 __all__ = [
     "apply_rope",
+    "apply_rope_and_write_kv_cache",
     "linear",
     "paged_attention",
     "prepare_linear_weight",

@@ -12,6 +12,7 @@ from kernels.triton.kv_cache import write_kv_cache
 from kernels.triton.paged_attention import paged_attention
 from kernels.triton.rms_norm import rms_norm
 from kernels.triton.rope import apply_rope
+from kernels.triton.rope_kv_cache import apply_rope_and_write_kv_cache
 
 # Facts the engine reads off the module (absent means False):
 # attention reads ``block_tables`` itself, so the per-token slot views of
@@ -23,6 +24,7 @@ CUDA_GRAPH_SAFE = True
 
 __all__ = [
     "apply_rope",
+    "apply_rope_and_write_kv_cache",
     "linear",
     "paged_attention",
     "prepare_linear_weight",

@@ -3,6 +3,8 @@
 One program per token rotates all its query and key heads, so the token's
 cos/sin rows are read once. Rounded like :func:`kernels.reference.apply_rope`:
 cos/sin cast to the activation dtype, each product and the sum rounded to it.
+The fused RoPE + KV-cache write (:mod:`kernels.triton.rope_kv_cache`) runs the
+same two jitted helpers, so the two paths agree bit for bit.
 """
 
 from __future__ import annotations
@@ -10,6 +12,39 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def rope_cos_sin(
+    cos_ptr,  # [max_positions, 2 * HALF] fp32
+    sin_ptr,  # [max_positions, 2 * HALF] fp32
+    row,  # position * stride of the tables
+    dtype: tl.constexpr,
+    HALF: tl.constexpr,
+):
+    """One position's (cos_lo, cos_hi, sin_lo, sin_hi), each [1, HALF] fp32 holding values
+    rounded to the activation ``dtype`` first, as HF casts the tables."""
+    cols = tl.arange(0, HALF)
+    cos_lo = tl.load(cos_ptr + row + cols).to(dtype).to(tl.float32)[None, :]
+    cos_hi = tl.load(cos_ptr + row + HALF + cols).to(dtype).to(tl.float32)[None, :]
+    sin_lo = tl.load(sin_ptr + row + cols).to(dtype).to(tl.float32)[None, :]
+    sin_hi = tl.load(sin_ptr + row + HALF + cols).to(dtype).to(tl.float32)[None, :]
+    return cos_lo, cos_hi, sin_lo, sin_hi
+
+
+@triton.jit
+def rotate_half_rows(lo, hi, cos_lo, cos_hi, sin_lo, sin_hi):
+    """Both halves of ``x * cos + rotate_half(x) * sin`` for rows ``x = [lo | hi]``, in x's dtype.
+
+    rotate_half(x) = [-hi, lo]; each product and the sum are rounded to the
+    dtype, as the reference's separate torch ops do (launch with
+    ``enable_fp_fusion=False`` so no FMA contracts them).
+    """
+    dtype = lo.dtype
+    lo_f, hi_f = lo.to(tl.float32), hi.to(tl.float32)
+    out_lo = (lo_f * cos_lo).to(dtype).to(tl.float32) + (-hi_f * sin_lo).to(dtype).to(tl.float32)
+    out_hi = (hi_f * cos_hi).to(dtype).to(tl.float32) + (lo_f * sin_hi).to(dtype).to(tl.float32)
+    return out_lo.to(dtype), out_hi.to(dtype)
 
 
 @triton.jit
@@ -33,14 +68,10 @@ def _rotate_heads(
     src = x_ptr + token * stride_t + heads[:, None] * stride_h + cols[None, :]
     lo = tl.load(src, mask=mask, other=0.0)
     hi = tl.load(src + HALF, mask=mask, other=0.0)
-    dtype = lo.dtype
-    lo_f, hi_f = lo.to(tl.float32), hi.to(tl.float32)
-    # rotate_half(x) = [-hi, lo]: out = x * cos + rotate_half(x) * sin, rounding each step.
-    out_lo = (lo_f * cos_lo).to(dtype).to(tl.float32) + (-hi_f * sin_lo).to(dtype).to(tl.float32)
-    out_hi = (hi_f * cos_hi).to(dtype).to(tl.float32) + (lo_f * sin_hi).to(dtype).to(tl.float32)
+    out_lo, out_hi = rotate_half_rows(lo, hi, cos_lo, cos_hi, sin_lo, sin_hi)
     dst = out_ptr + token * num_heads * 2 * HALF + heads[:, None] * 2 * HALF + cols[None, :]
-    tl.store(dst, out_lo.to(dtype), mask=mask)
-    tl.store(dst + HALF, out_hi.to(dtype), mask=mask)
+    tl.store(dst, out_lo, mask=mask)
+    tl.store(dst + HALF, out_hi, mask=mask)
 
 
 @triton.jit
@@ -65,14 +96,7 @@ def _rope_kernel(
 ):
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + token)
-    cols = tl.arange(0, HALF)
-    row = pos * stride_cos
-    dtype = q_ptr.dtype.element_ty
-    # The tables are cast to the activation dtype first, as HF does.
-    cos_lo = tl.load(cos_ptr + row + cols).to(dtype).to(tl.float32)[None, :]
-    cos_hi = tl.load(cos_ptr + row + HALF + cols).to(dtype).to(tl.float32)[None, :]
-    sin_lo = tl.load(sin_ptr + row + cols).to(dtype).to(tl.float32)[None, :]
-    sin_hi = tl.load(sin_ptr + row + HALF + cols).to(dtype).to(tl.float32)[None, :]
+    cos_lo, cos_hi, sin_lo, sin_hi = rope_cos_sin(cos_ptr, sin_ptr, pos * stride_cos, q_ptr.dtype.element_ty, HALF)
     _rotate_heads(q_ptr, q_out_ptr, token, stride_qt, stride_qh, num_q_heads,
                   cos_lo, cos_hi, sin_lo, sin_hi, HALF, BLOCK_HQ)
     _rotate_heads(k_ptr, k_out_ptr, token, stride_kt, stride_kh, num_k_heads,

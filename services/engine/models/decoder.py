@@ -138,8 +138,9 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q = self.ops.rms_norm(q, self.q_norm, self.eps)[0]
             k = self.ops.rms_norm(k, self.k_norm, self.eps)[0]
-        q, k = self.ops.apply_rope(q, k, positions, rope[0], rope[1])
-        self.ops.write_kv_cache(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping)
+        # Attention reads K only from the cache, so only the rotated q comes back.
+        q = self.ops.apply_rope_and_write_kv_cache(q, k, v, positions, rope[0], rope[1],
+                                                   kv_cache[0], kv_cache[1], meta.slot_mapping)
         out = self.ops.paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
