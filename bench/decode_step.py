@@ -127,7 +127,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--blas", choices=["cublas", "cublaslt"], default=None,
+                        help="torch's preferred BLAS library for the GEMMs (default: torch's choice)")
     args = parser.parse_args()
+    if args.blas:
+        torch.backends.cuda.preferred_blas_library(args.blas)
     folder = write_model_folder(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
     blocks_needed = sum(-(-(args.context + 1) // 16) for _ in range(max(args.batches))) + 64
     engine = LLMEngine(EngineConfig(model=str(folder), load_format="dummy", dtype="bfloat16", device="cuda",
@@ -155,7 +159,7 @@ def main() -> None:
              overlap_ratio_to_roofline=round(t["overlap_ms"] / roofline_ms, 3),
              eager_ratio_to_roofline=round(t["eager_ms"] / roofline_ms, 3),
              copy_bandwidth_gb_s=round(bandwidth / 1e9, 1), kernels=engine.runner.kernel_backend,
-             cuda_graphs=t["cuda_graphs"], **capture)
+             cuda_graphs=t["cuda_graphs"], blas=str(torch.backends.cuda.preferred_blas_library()), **capture)
 
 
 if __name__ == "__main__":
