@@ -31,8 +31,12 @@ from bench.real_shapes import LLAMA_31_8B, write_model_folder
 def run_tandem(
     folder: Path, prompts: list[list[int]], osl: int, max_len: int, cuda_graphs: bool,
     overlap: bool = True, max_num_seqs: int = 256, kv_fraction: float = 0.6,
-) -> tuple[float, float]:
-    """Seconds to generate, and MiB the CUDA graphs took at start-up (0 when off)."""
+) -> tuple[float, float, dict]:
+    """Seconds to generate, MiB the CUDA graphs took at start-up (0 when off), and KV-pool facts.
+
+    The KV facts matter when two engines run one after the other in this
+    process: a second engine that found less free memory may preempt.
+    """
     from tandem import LLM, SamplingParams
 
     llm = LLM(model=str(folder), load_format="dummy", dtype="bfloat16", device="cuda", max_model_len=max_len,
@@ -51,10 +55,12 @@ def run_tandem(
     assert all(len(o.outputs[0].token_ids) == osl for o in outputs)
     graphs = llm.engine.runner.decode_graphs
     capture_mib = graphs.capture_bytes / 2**20 if graphs is not None else 0.0
-    del llm
+    stats = llm.stats()
+    kv = {"kv_blocks": stats.num_total_blocks, "preemptions": stats.num_preemptions}
+    del llm, graphs
     gc.collect()
     torch.cuda.empty_cache()
-    return elapsed, capture_mib
+    return elapsed, capture_mib, kv
 
 
 def run_hf(prompts: list[list[int]], osl: int, batch: int) -> float:
@@ -101,15 +107,16 @@ def main() -> None:
         tokens = osl * len(prompts)
         engine = dict(cuda_graphs=not args.no_cuda_graphs, max_num_seqs=args.max_num_seqs,
                       kv_fraction=args.kv_cache_memory_fraction)
-        t_elapsed, capture_mib = run_tandem(folder, prompts, osl, isl + osl + 16, **engine)
+        t_elapsed, capture_mib, kv = run_tandem(folder, prompts, osl, isl + osl + 16, **engine)
         record = dict(model="Llama-3.1-8B shape, random bf16", isl=isl, osl=osl, num_prompts=len(prompts),
                       output_tok_per_s=round(tokens / t_elapsed, 1), elapsed_s=round(t_elapsed, 2),
                       cuda_graphs=not args.no_cuda_graphs, overlap_scheduling=True, max_num_seqs=args.max_num_seqs,
-                      graph_capture_mib=round(capture_mib, 1))
+                      graph_capture_mib=round(capture_mib, 1), **kv)
         if args.compare_sequential:
-            s_elapsed, _ = run_tandem(folder, prompts, osl, isl + osl + 16, overlap=False, **engine)
+            s_elapsed, _, s_kv = run_tandem(folder, prompts, osl, isl + osl + 16, overlap=False, **engine)
             record.update(sequential_output_tok_per_s=round(tokens / s_elapsed, 1),
-                          overlap_speedup=round(s_elapsed / t_elapsed, 3))
+                          overlap_speedup=round(s_elapsed / t_elapsed, 3),
+                          **{f"sequential_{k}": v for k, v in s_kv.items()})
         if isl + osl <= args.hf_max_isl_plus_osl:
             h_elapsed = run_hf(prompts, osl, args.hf_batch)
             record.update(hf_output_tok_per_s=round(tokens / h_elapsed, 1), hf_batch=min(args.hf_batch, len(prompts)),
