@@ -17,6 +17,13 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# A synchronous gRPC server runs every call on a thread of its pool, and a
+# streaming call (Generate, Decode) holds its thread until the stream ends.
+# With a pool no larger than the streams in flight, short calls (GetLoad,
+# Abort, health) wait behind them: a worker that streams to as many requests
+# as its pool has threads stops answering load polls and leaves rotation.
+# Threads are started on demand, so a large bound costs nothing when idle.
+STREAMING_MAX_WORKERS = 1024
 
 
 @dataclass
@@ -43,7 +50,8 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
-def start_grpc_server(listen: str, services: Sequence[ServiceBinding], max_workers: int = 64) -> RunningServer:
+def start_grpc_server(listen: str, services: Sequence[ServiceBinding],
+                      max_workers: int = STREAMING_MAX_WORKERS) -> RunningServer:
     """Bind ``listen`` (``host:port``, port 0 picks a free one) and start serving."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS)
     for binding in services:

@@ -2,17 +2,20 @@
 
 Lifecycle of ``Decode``:
   1. validate (INVALID_ARGUMENT otherwise);
-  2. pull the blocks of the prompt this worker lacks from the registry;
+  2. pull the blocks of the prompt this worker lacks from the registry
+     (only those the router says it holds);
   3. admit the sequence with the prefill worker's first token already in
      place (or none: then this worker prefills the uncached part itself);
-  4. stream token deltas; text that could still turn out to be the start of
-     a stop string is held back until it cannot;
+  4. stream token deltas, one per engine step, or one for several steps when
+     this thread falls behind the engine; text that could still turn out to
+     be the start of a stop string is held back until it cannot;
   5. a cancelled or broken call aborts the request, which frees its blocks.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 from collections.abc import Iterator
 
 import grpc
@@ -23,6 +26,7 @@ from services.common.convert import (
     sample_logprobs_from_proto,
     sampling_from_proto,
 )
+from services.engine.async_engine import RequestStream
 from services.engine.errors import InvalidRequestError
 from services.engine.outputs import RequestOutput
 from services.engine.stop_strings import StopStringMatcher
@@ -83,6 +87,27 @@ class DeltaTracker:
         self.sent_prompt_logprobs = True
 
 
+def newest_snapshots(stream: RequestStream) -> Iterator[RequestOutput]:
+    """The stream's snapshots, skipping each one that a newer one already waiting supersedes.
+
+    A snapshot holds the request's whole output so far, so the newest waiting
+    one carries everything the skipped ones did. A reader that keeps up with
+    the engine sees every snapshot (one delta per step); one that falls behind
+    (many streams, one GIL) sends one delta for several steps instead of one
+    message per token through every hop.
+    """
+    while True:
+        output = stream.get()
+        while not output.finished:
+            try:
+                output = stream.get(timeout=0)
+            except queue.Empty:
+                break
+        yield output
+        if output.finished:
+            return
+
+
 class DecodeServicer(worker_pb2_grpc.DecodeWorkerServicer):
     def __init__(self, worker: EngineWorker) -> None:
         self.worker = worker
@@ -107,14 +132,16 @@ class DecodeServicer(worker_pb2_grpc.DecodeWorkerServicer):
         # The first token is given: its KV (and the prompt's) is computed here,
         # so the blocks worth pulling are the prompt's. A request for prompt
         # logprobs needs the logits of every prompt position, so it recomputes
-        # the whole prompt and pulled blocks would go unused.
-        if params.prompt_logprobs is None:
-            self.worker.fetch_prefix(request.request_id, prompt + presampled)
+        # the whole prompt and pulled blocks would go unused. ``block_hashes``
+        # lists the blocks the registry holds: none means nothing to pull (and
+        # no registry round trip, nor a wait for the engine thread).
+        if params.prompt_logprobs is None and request.block_hashes:
+            self.worker.fetch_prefix(request.request_id, prompt + presampled, max_blocks=len(request.block_hashes))
         stream = engine.submit(prepared)
         context.add_callback(lambda: engine.abort(request.request_id))
         tracker = DeltaTracker(params.stop)
         self.worker.counters["decode_requests"] += 1
-        for output in stream:
+        for output in newest_snapshots(stream):
             delta = tracker.delta(output)
             if delta is not None:
                 yield delta

@@ -37,6 +37,7 @@ from services.gateway.responses import (
     ModelList,
 )
 from services.gateway.sse import SSE_MEDIA_TYPE
+from services.gateway.warmup import warm_up
 from tandem.client import AsyncTandemClient
 from tandem.client_types import TandemRpcError
 
@@ -83,6 +84,7 @@ def build_app(router_address: str, tokenizer: PreTrainedTokenizerBase, served_mo
         # A grpc.aio channel belongs to the event loop that made it: uvicorn's.
         client = AsyncTandemClient(router_address)
         holder["ctx"] = GatewayContext(client, tokenizer, list(served_model_names), api_key)
+        await warm_up(app, client)
         try:
             yield
         finally:

@@ -86,18 +86,41 @@ class Generation:
             self.cancel()
             raise
 
+    def _waiting(self, items: list[_Item]) -> list[_Item]:
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return items
+
     async def events(self) -> AsyncIterator[tuple[int, GenerateDelta]]:
-        """(prompt index, delta) until every prompt's stream ended; raises :class:`ApiError`."""
+        """(prompt index, delta) until every prompt's stream ended; raises :class:`ApiError`.
+
+        Deltas of one sample that are already waiting come out as one (each
+        event costs a chunk's serialization and an HTTP write, whatever it holds).
+        """
         try:
             while self._open:
-                index, item = self._buffer.pop(0) if self._buffer else await self._queue.get()
-                if item is None:
-                    self._open -= 1
-                elif isinstance(item, BaseException):
-                    raise _api_error(item)
-                else:
-                    self._record(index, item)
-                    yield index, item
+                items, self._buffer = self._buffer or [await self._queue.get()], []
+                merged: dict[tuple[int, int], GenerateDelta] = {}
+                failure: BaseException | None = None
+                for index, item in self._waiting(items):
+                    if item is None:
+                        self._open -= 1
+                    elif isinstance(item, BaseException):
+                        failure = item
+                        break
+                    else:
+                        self._record(index, item)
+                        earlier = merged.get((index, item.index))
+                        if earlier is None:
+                            merged[(index, item.index)] = item
+                        else:
+                            _append(earlier, item)
+                for (index, _), delta in merged.items():
+                    yield index, delta
+                if failure is not None:
+                    raise _api_error(failure)
         finally:
             self.cancel()
 
@@ -117,6 +140,20 @@ class Generation:
             if message["type"] == "http.disconnect":
                 self.cancel()
                 return
+
+
+def _append(into: GenerateDelta, later: GenerateDelta) -> None:
+    """Fold ``later``, the next delta of the same sample, into ``into``."""
+    into.token_ids.extend(later.token_ids)
+    into.text += later.text
+    into.logprobs.extend(later.logprobs)
+    into.prompt_logprobs.extend(later.prompt_logprobs)
+    if later.finish_reason is not None:
+        into.finish_reason = later.finish_reason
+        into.stop_reason = later.stop_reason
+    if later.prompt_token_ids and not into.prompt_token_ids:
+        into.prompt_token_ids = later.prompt_token_ids
+        into.num_prompt_tokens = later.num_prompt_tokens
 
 
 def _api_error(exc: BaseException) -> ApiError:

@@ -1,17 +1,20 @@
 """One request through the mesh.
 
 Lifecycle of a sample:
-  1. hash the prompt's full blocks (the engine's chained sha256) and ask the
+  1. hash the prompt's full blocks (the engine's chained sha256) and, when
+     the prompt could be prefilled apart (``disagg_min_tokens``), ask the
      kvstore how many are cached;
   2. if the uncached part is at least ``disagg_min_tokens`` and a prefill
      worker is healthy, prefill there (it pulls the cached prefix, computes
      the rest, publishes blocks and returns the first token); if prefill fails
      or times out, fall through and let the decode worker prefill;
-  3. pick a decode worker and stream its deltas back;
+  3. pick a decode worker, name the blocks it may pull from the registry,
+     and stream its deltas back;
   4. on client cancel, cancel the downstream calls and send Abort to each
      worker involved; a decode worker that dies ends the stream with
      UNAVAILABLE.
-A request with ``n > 1`` runs ``n`` such samples concurrently (seed + index).
+A request with ``n > 1`` runs ``n`` such samples concurrently (seed + index),
+one thread each; a single sample streams on the Generate call's own thread.
 Before any of this, admission control (``admission.py``) may refuse the
 request, and a mesh without a healthy decode worker refuses it at once.
 """
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from services.common.convert import sampling_to_proto
+from services.common.deltas import coalesce_deltas, drain
 from services.engine.block_hash import BlockHash, hash_full_blocks, root_block_hash
 from services.engine.sampling_params import SamplingParams
 from services.kvstore.errors import KvStoreError
@@ -36,7 +40,8 @@ from services.router.admission import AdmissionController, AdmissionLimits, Admi
 from services.router.metrics import RouterMetrics
 from services.router.placement import BlockLocality, pick_decode, pick_prefill
 from services.router.request_tracker import RequestTracker
-from services.router.worker_pool import WorkerHandle, WorkerPool
+from services.router.sample_call import CancelSignal, SampleCall
+from services.router.worker_pool import WorkerPool
 from tandem._proto.tandem.v1 import common_pb2, router_pb2, worker_pb2
 
 logger = logging.getLogger(__name__)
@@ -60,16 +65,6 @@ class RouterError(Exception):
         super().__init__(message)
         self.code = code
         self.retry_after_s = retry_after_s
-
-
-@dataclass
-class SampleCall:
-    """The downstream calls of one sample, so a cancel can reach them."""
-
-    request_id: str
-    workers: list[WorkerHandle] = dataclasses.field(default_factory=list)
-    decode_call: grpc.Future | None = None
-    prefill_call: grpc.Future | None = None
 
 
 class Router:
@@ -106,7 +101,7 @@ class Router:
     # -- one request -------------------------------------------------------------------
 
     def generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, cancelled: threading.Event,
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, cancelled: CancelSignal,
         arrival: float | None = None,
     ) -> Iterator[router_pb2.GenerateResponse]:
         """Stream the request's responses; ``arrival`` (monotonic) is when the call reached the router."""
@@ -117,57 +112,69 @@ class Router:
                 tracker.finish(grpc.StatusCode.ALREADY_EXISTS.name)
                 raise RouterError(grpc.StatusCode.ALREADY_EXISTS, f"request id {request_id!r} is in flight")
             self._active[request_id] = calls
-        results: queue.SimpleQueue = queue.SimpleQueue()
-        threads = []
-        for index, call in enumerate(calls):
-            sample_params = params
-            if params.n > 1:
-                seed = None if params.seed is None else params.seed + index
-                sample_params = dataclasses.replace(params, n=1, seed=seed)
-            thread = threading.Thread(
-                target=self._run_sample, args=(index, call, prompt_ids, sample_params, results), daemon=True
-            )
-            thread.start()
-            threads.append(thread)
+        for call in calls:
+            cancelled.add_callback(call.cancel)
         error_code: str | None = grpc.StatusCode.CANCELLED.name  # until the last sample ends
         try:
-            remaining = len(calls)
+            if len(calls) == 1:
+                # One sample streams on this thread: no hand-off per delta.
+                deltas = ((0, delta) for delta in self._sample(calls[0], prompt_ids, params))
+            else:
+                deltas = self._parallel_samples(calls, prompt_ids, params, cancelled)
             first = True
-            while remaining:
-                try:
-                    index, item = results.get(timeout=0.1)
-                except queue.Empty:
-                    if cancelled.is_set():
-                        raise RouterError(grpc.StatusCode.CANCELLED, "the client cancelled the request") from None
-                    continue
-                if isinstance(item, BaseException):
-                    error_code = item.code.name if isinstance(item, RouterError) else grpc.StatusCode.UNKNOWN.name
-                    raise item
-                if item is None:
-                    remaining -= 1
-                    continue
-                tracker.on_delta(index, item)
-                response = router_pb2.GenerateResponse(request_id=request_id, index=index, delta=item)
+            for index, delta in deltas:
+                tracker.on_delta(index, delta)
+                response = router_pb2.GenerateResponse(request_id=request_id, index=index, delta=delta)
                 if first:
                     response.num_prompt_tokens = len(prompt_ids)
                     response.prompt_token_ids.extend(prompt_ids)
                     first = False
                 yield response
             error_code = None
+        except RouterError as exc:
+            error_code = exc.code.name
+            raise
+        except Exception:
+            error_code = grpc.StatusCode.UNKNOWN.name
+            raise
         finally:
             tracker.finish(error_code)
-            if remaining:
+            if error_code is not None:
                 self.abort(request_id)
             with self._lock:
                 self._active.pop(request_id, None)
+
+    def _parallel_samples(self, calls: list[SampleCall], prompt_ids: list[int], params: SamplingParams,
+                          cancelled: CancelSignal) -> Iterator[tuple[int, worker_pb2.TokenDelta]]:
+        """``n`` samples, one thread each (seed + index); yields (index, delta) as they come."""
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        for index, call in enumerate(calls):
+            seed = None if params.seed is None else params.seed + index
+            sample_params = dataclasses.replace(params, n=1, seed=seed)
+            threading.Thread(
+                target=self._run_sample, args=(index, call, prompt_ids, sample_params, results), daemon=True
+            ).start()
+        remaining = len(calls)
+        while remaining:
+            try:
+                waiting = [results.get(timeout=0.1)]
+            except queue.Empty:
+                if cancelled.is_set():
+                    raise RouterError(grpc.StatusCode.CANCELLED, "the client cancelled the request") from None
+                continue
+            # Whatever else already arrived goes out with it: one response per
+            # sample, however many worker deltas it folds.
+            deltas, ended, failure = coalesce_deltas(drain(results, waiting))
+            remaining -= ended
+            yield from deltas.items()
+            if failure is not None:
+                raise failure
 
     def abort(self, request_id: str) -> bool:
         with self._lock:
             calls = self._active.get(request_id, [])
         for call in calls:
-            for future in (call.decode_call, call.prefill_call):
-                if future is not None:
-                    future.cancel()
+            call.cancel()
             for worker in call.workers:
                 for stub in (worker.decode, worker.prefill):
                     if stub is not None:
@@ -185,17 +192,24 @@ class Router:
             for delta in self._sample(call, prompt_ids, params):
                 results.put((index, delta))
             results.put((index, None))
-        except BaseException as exc:  # handed to the request's thread, which reports it
+        except BaseException as exc:  # noqa: BLE001 -- handed to the request's thread, which reports it
             results.put((index, exc))
 
     def _sample(self, call: SampleCall, prompt_ids: list[int], params: SamplingParams) -> Iterator[worker_pb2.TokenDelta]:
         hashes = self.block_hashes(prompt_ids)
-        cached_blocks = self._cached_blocks(hashes)
-        self.metrics.observe_prefix_lookup(len(prompt_ids), cached_blocks * self.config.block_size)
+        # A prompt shorter than disagg_min_tokens is prefilled by the decode
+        # worker whatever the registry holds, and nothing but prefill workers
+        # publishes blocks: skip the lookup (always, in a colocated mesh).
+        cached_blocks = 0
+        if len(prompt_ids) >= self.config.disagg_min_tokens:
+            cached_blocks = self._cached_blocks(hashes)
+            self.metrics.observe_prefix_lookup(len(prompt_ids), cached_blocks * self.config.block_size)
         uncached = len(prompt_ids) - cached_blocks * self.config.block_size
         sampling = sampling_to_proto(params)
+        # The decode worker pulls only the blocks named here: those the registry holds.
         decode_request = worker_pb2.DecodeRequest(
-            request_id=call.request_id, prompt_token_ids=prompt_ids, sampling=sampling, block_hashes=hashes
+            request_id=call.request_id, prompt_token_ids=prompt_ids, sampling=sampling,
+            block_hashes=hashes[:cached_blocks],
         )
         # Prompt logprobs need the logits of every prompt position, which only the
         # worker that computes the whole prompt has: the decode worker does it all.
@@ -205,6 +219,9 @@ class Router:
                 decode_request.first_token_id = first.first_token_id
                 if first.HasField("first_logprob"):
                     decode_request.first_logprob.CopyFrom(first.first_logprob)
+                # The prefill worker published every full block of the prompt.
+                del decode_request.block_hashes[:]
+                decode_request.block_hashes.extend(hashes)
         if not decode_request.HasField("first_token_id"):
             self.counters["prefill_on_decode"] += 1
         yield from self._decode(call, decode_request, hashes)
@@ -231,7 +248,10 @@ class Router:
                 worker_pb2.PrefillRequest(request_id=call.request_id, prompt_token_ids=prompt_ids, sampling=sampling),
                 timeout=self.config.prefill_timeout_s,
             )
+            call.started(call.prefill_call)
             response = call.prefill_call.result()
+        except grpc.FutureCancelledError:
+            raise RouterError(grpc.StatusCode.CANCELLED, "the request was cancelled") from None
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise RouterError(exc.code(), exc.details()) from None
@@ -265,6 +285,7 @@ class Router:
             started = False
             try:
                 call.decode_call = stream = worker.decode.Decode(request)
+                call.started(stream)
                 for delta in stream:
                     started = True
                     yield delta

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from services.engine.sampling_params import SamplingParams
 from services.engine.tokenizer import apply_chat_template
 from services.router.retry_hint import retry_after_metadata
 from services.router.router import Router, RouterError
+from services.router.sample_call import CancelSignal
 from tandem._proto.tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             prompt_ids, params = self.prepare(request)
         except InvalidRequestError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        cancelled = threading.Event()
+        cancelled = CancelSignal()
         context.add_callback(cancelled.set)
         request_id = request.request_id or uuid.uuid4().hex
         try:

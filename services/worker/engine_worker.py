@@ -58,10 +58,14 @@ class EngineWorker:
 
     # -- pulling -------------------------------------------------------------------
 
-    def fetch_prefix(self, request_id: str, token_ids: list[int]) -> PrefixFetch:
+    def fetch_prefix(self, request_id: str, token_ids: list[int], max_blocks: int | None = None) -> PrefixFetch:
+        """Pull the leading blocks of ``token_ids`` this engine lacks (at most ``max_blocks`` of them:
+        the registry is known to hold no more)."""
         hashes = self.blocks.chain_hashes(token_ids)
         # The last prompt token is always recomputed, so its block never needs pulling.
         usable = hashes[: (len(token_ids) - 1) // self.blocks.kv_cache.block_size]
+        if max_blocks is not None:
+            usable = usable[:max_blocks]
         local = self.engine.call(lambda e: e.blocks.count_local(usable))
         fetch = PrefixFetch(hashes, local, 0, 0)
         if self.kvstore is None or local >= len(usable):
