@@ -263,9 +263,8 @@ class LLMEngine:
 def _needs_token_history(launched: LaunchedStep) -> bool:
     """Whether a request of the step samples with rules that read its output tokens on the host."""
     for request in launched.sampling:
-        params = request.sampling_params
-        if params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
+        if request.sampling_params.uses_penalties:
             return True
-        if request.num_output_tokens + request.num_pending_tokens <= params.min_tokens:
+        if request.num_output_tokens + request.num_pending_tokens <= request.sampling_params.min_tokens:
             return True
     return False

@@ -173,8 +173,9 @@ class ModelRunner:
         copies = HostCopies(self.device)
         if step.is_empty:
             return LaunchedStep(step, [], None, copies, {})
-        pending = self._pending_inputs(step.chunks, graph_rows=use_cuda_graphs and self._replays_graph(step))
-        if use_cuda_graphs and self._replays_graph(step):
+        graphed = use_cuda_graphs and self._replays_graph(step)
+        pending = self._pending_inputs(step.chunks, graph_rows=graphed)
+        if graphed:
             assert self.decode_graphs is not None
             hidden = self.decode_graphs.run(step.chunks, pending)
             # One row per chunk: the sampled rows are the chunks that sample.

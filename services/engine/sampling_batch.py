@@ -173,10 +173,10 @@ _TOKEN_ARRAYS = _RequestTokenArrays()
 def _build_penalties(requests: list[Request], vocab_size: int, device: torch.device) -> _Penalties | None:
     """Penalty factors, prompt-token mask and output-token counts; None when no row uses a penalty."""
     params = [r.sampling_params for r in requests]
+    if not any(p.uses_penalties for p in params):
+        return None
     uses_repetition = [p.repetition_penalty != 1.0 for p in params]
     uses_additive = [p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in params]
-    if not any(uses_repetition) and not any(uses_additive):
-        return None
     num_rows = len(requests)
     # Rows without penalties keep all-zero counts and an empty mask: their
     # neutral factors would make the result the same anyway.

@@ -50,6 +50,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def uses_penalties(self) -> bool:
+        """Any repetition, presence or frequency penalty: sampling then reads the tokens so far."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
     def _validate(self) -> None:
         def bad(name: str, rule: str) -> InvalidSamplingParamsError:
             value = getattr(self, name)

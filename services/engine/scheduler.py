@@ -180,13 +180,14 @@ class Scheduler:
 
     def _ends_by_length(self, request: Request) -> bool:
         """Whether the pending token alone will hit ``max_tokens`` or ``max_model_len``."""
-        if not request.num_pending_tokens:
-            return False
+        return request.num_pending_tokens > 0 and self._at_length_limit(request, request.num_pending_tokens)
+
+    def _at_length_limit(self, request: Request, num_extra_tokens: int = 0) -> bool:
+        """Whether the request, with ``num_extra_tokens`` more outputs, reaches ``max_tokens`` or ``max_model_len``."""
         max_tokens = request.sampling_params.max_tokens
-        num_outputs = request.num_output_tokens + request.num_pending_tokens
-        return (max_tokens is not None and num_outputs >= max_tokens) or (
-            request.num_tokens_with_pending >= self.config.max_model_len
-        )
+        if max_tokens is not None and request.num_output_tokens + num_extra_tokens >= max_tokens:
+            return True
+        return request.num_tokens + num_extra_tokens >= self.config.max_model_len
 
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
@@ -226,8 +227,6 @@ class Scheduler:
             if token_id in params.stop_token_ids:
                 request.stop_reason = token_id
                 return RequestStatus.FINISHED_STOPPED
-        if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
-            return RequestStatus.FINISHED_LENGTH
-        if request.num_tokens >= self.config.max_model_len:
+        if self._at_length_limit(request):
             return RequestStatus.FINISHED_LENGTH
         return None
