@@ -40,6 +40,10 @@ BYTE_LEVEL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SENTENCEPIECE_SPECIALS = ["<unk>", "<s>", "</s>"]
 
 
+# U+0250: past Latin-1 and Latin Extended-A/B (accented letters stay whole).
+_FIRST_NON_LATIN = 0x250
+
+
 def _training_text() -> list[str]:
     # Repeat so the trainer sees enough pair frequencies to merge common words.
     return MULTILINGUAL_CORPUS * 8
@@ -90,14 +94,13 @@ def _trained_sentencepiece_model() -> tuple[dict[str, int], list[tuple[str, str]
     """Vocab and merges of a ▁-word BPE whose vocab also holds all 256 ``<0xNN>`` byte tokens."""
     trainer_tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     trainer_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(
-        vocab_size=360,
-        special_tokens=SENTENCEPIECE_SPECIALS,
-        # Keep only frequent characters so CJK, emoji and accents go through byte fallback.
-        limit_alphabet=70,
-        show_progress=False,
-    )
-    trainer_tokenizer.train_from_iterator(_training_text(), trainer)
+    trainer = trainers.BpeTrainer(vocab_size=360, special_tokens=SENTENCEPIECE_SPECIALS, show_progress=False)
+    # Train on Latin text only, so CJK, emoji, Cyrillic and symbols always go
+    # through byte fallback. (``limit_alphabet`` cut the alphabet by frequency
+    # instead, and broke ties differently from one process to the next: some
+    # runs kept the emoji and CJK characters whole.)
+    latin_only = ["".join(c for c in text if ord(c) < _FIRST_NON_LATIN) for text in _training_text()]
+    trainer_tokenizer.train_from_iterator(latin_only, trainer)
     model_json = json.loads(trainer_tokenizer.to_str())["model"]
     trained_vocab: dict[str, int] = model_json["vocab"]
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
