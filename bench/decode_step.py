@@ -27,6 +27,7 @@ import triton.testing
 
 from bench.common import emit
 from bench.real_shapes import write_model_folder
+from kernels.triton import skinny_linear
 from services.engine.batch_inputs import build_batch_inputs
 from services.engine.config import EngineConfig
 from services.engine.engine import LLMEngine
@@ -129,7 +130,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--blas", choices=["cublas", "cublaslt"], default=None,
                         help="torch's preferred BLAS library for the GEMMs (default: torch's choice)")
+    parser.add_argument("--skinny-max-rows", type=int, default=None,
+                        help="rows up to which linears use the skinny Triton kernel (0: cuBLAS only)")
     args = parser.parse_args()
+    if args.skinny_max_rows is not None:
+        skinny_linear.MAX_ROWS = args.skinny_max_rows
     if args.blas:
         torch.backends.cuda.preferred_blas_library(args.blas)
     folder = write_model_folder(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
@@ -159,7 +164,8 @@ def main() -> None:
              overlap_ratio_to_roofline=round(t["overlap_ms"] / roofline_ms, 3),
              eager_ratio_to_roofline=round(t["eager_ms"] / roofline_ms, 3),
              copy_bandwidth_gb_s=round(bandwidth / 1e9, 1), kernels=engine.runner.kernel_backend,
-             cuda_graphs=t["cuda_graphs"], blas=str(torch.backends.cuda.preferred_blas_library()), **capture)
+             cuda_graphs=t["cuda_graphs"], blas=str(torch.backends.cuda.preferred_blas_library()),
+             skinny_max_rows=skinny_linear.MAX_ROWS, **capture)
 
 
 if __name__ == "__main__":

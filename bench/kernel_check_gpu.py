@@ -143,6 +143,27 @@ def check_attention(name: str, shapes: list[tuple[int, int]], heads: int, kv_hea
            cache_elements=case.key_cache.numel(), time_us=round(us, 1))
 
 
+def check_skinny_linear() -> None:
+    """Few-row linears at Llama-8B widths against a float64 product: error no worse than cuBLAS's."""
+    from kernels.triton.skinny_linear import skinny_linear
+
+    for name, out_rows, depth, gated in (("qkv", 6144, 4096, False), ("gate_up", 28672, 4096, True),
+                                         ("down", 4096, 14336, False)):
+        for rows, dtype in ((1, torch.bfloat16), (7, torch.float16), (16, torch.bfloat16)):
+            x = torch.randn(rows, depth, device=CUDA, dtype=dtype)
+            weight = (torch.randn(out_rows, depth, device=CUDA) / depth**0.5).to(dtype)
+            bias = torch.randn(out_rows, device=CUDA, dtype=dtype) if name == "qkv" else None
+            exact = torch.nn.functional.linear(x.double(), weight.double(), None if bias is None else bias.double())
+            blas = torch.nn.functional.linear(x, weight, bias)
+            if gated:
+                exact = ref.silu_and_mul(exact)
+                blas = tk.silu_and_mul(blas)
+            got = skinny_linear(x, weight, bias, gated=gated)
+            err, blas_err = relative_error(got, exact), relative_error(blas, exact)
+            report(f"skinny_linear_{name}_rows{rows}_{str(dtype).removeprefix('torch.')}",
+                   err <= 1.25 * blas_err + 1e-4 and not got.isnan().any(), rel_err=err, cublas_rel_err=blas_err)
+
+
 def check_large_cache() -> None:
     """> 2^31 elements per cache, every used block at an id whose element offset passes 2^31."""
     heads, kv_heads, head_dim, block_size = 32, 8, 128, 16
@@ -214,6 +235,7 @@ def main() -> None:
     check_attention("decode_only_b4_long_d64", [(9000, 1), (3, 1), (5000, 1), (70, 1)], 32, 4, 64, 16,
                     torch.bfloat16)
     check_attention("prefill_only_chunked", [(2048, 512), (0, 1024)], 32, 8, 128, 16, torch.bfloat16)
+    check_skinny_linear()
     check_large_cache()
     for arch in ("llama", "qwen3"):
         try:

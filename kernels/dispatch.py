@@ -1,7 +1,8 @@
 """The one place that decides which kernel implementation runs.
 
 A backend is a module exposing the functions of :mod:`kernels.reference`
-(``linear``, ``prepare_linear_weight``, ``rms_norm``, ``apply_rope``,
+(``linear``, ``linear_silu_and_mul`` (the gated MLP's projection and
+activation as one op), ``prepare_linear_weight``, ``rms_norm``, ``apply_rope``,
 ``silu_and_mul``, ``write_kv_cache``, ``apply_rope_and_write_kv_cache`` (RoPE
 and the cache write as one op, which the model calls: one launch on Triton),
 ``paged_attention``) with the same signatures. The model asks once, at build

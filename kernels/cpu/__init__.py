@@ -1,6 +1,6 @@
 """The CPU backend: the torch reference ops, with oneDNN prepacked weights for linear layers."""
 
-from kernels.cpu.linear import linear, prepare_linear_weight
+from kernels.cpu.linear import linear, linear_silu_and_mul, prepare_linear_weight
 from kernels.reference import (
     apply_rope,
     apply_rope_and_write_kv_cache,
@@ -14,6 +14,7 @@ __all__ = [
     "apply_rope",
     "apply_rope_and_write_kv_cache",
     "linear",
+    "linear_silu_and_mul",
     "paged_attention",
     "prepare_linear_weight",
     "rms_norm",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.reference.activation import silu_and_mul
+
 # Row count the packed layout is tuned for, and the largest that uses it.
 _PACK_FOR_ROWS = 64
 _MAX_PACKED_ROWS = 256
@@ -51,3 +53,13 @@ def linear(
     if prepared is not None and x.shape[0] <= _MAX_PACKED_ROWS:
         return torch.ops.mkldnn._linear_pointwise(x, prepared, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+def linear_silu_and_mul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    prepared: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``silu(gate) * up`` of ``x @ [gate | up].T + bias``, through the packed linear."""
+    return silu_and_mul(linear(x, weight, bias, prepared))

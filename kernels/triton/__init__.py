@@ -5,10 +5,9 @@ package imports :mod:`triton`; nothing else in tandem imports it directly.
 Every kernel also runs on CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
 
-# Linear layers stay on cuBLAS (the reference op): at serving shapes it is at the matrix-unit roofline.
-from kernels.reference.linear import linear, prepare_linear_weight
 from kernels.triton.activation import silu_and_mul
 from kernels.triton.kv_cache import write_kv_cache
+from kernels.triton.linear import linear, linear_silu_and_mul, prepare_linear_weight
 from kernels.triton.paged_attention import paged_attention
 from kernels.triton.rms_norm import rms_norm
 from kernels.triton.rope import apply_rope
@@ -26,6 +25,7 @@ __all__ = [
     "apply_rope",
     "apply_rope_and_write_kv_cache",
     "linear",
+    "linear_silu_and_mul",
     "paged_attention",
     "prepare_linear_weight",
     "rms_norm",

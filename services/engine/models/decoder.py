@@ -103,6 +103,10 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops.linear(x, self.weight, self.bias, self.prepared)
 
+    def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """``silu(gate) * up`` for a ``[gate | up]`` weight; a backend may fuse it into the product."""
+        return self.ops.linear_silu_and_mul(x, self.weight, self.bias, self.prepared)
+
 
 def _norm_weight(size: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(size), requires_grad=False)
@@ -153,7 +157,7 @@ class MLP(nn.Module):
         self.down_proj = Linear(shape.intermediate_size, shape.hidden_size, shape.mlp_bias, ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x))
 
 
 class DecoderLayer(nn.Module):
