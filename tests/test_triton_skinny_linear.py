@@ -44,7 +44,7 @@ def _operands(rows: int, features: int, depth: int, dtype: torch.dtype, bias: bo
     [
         (1, 96, 256, torch.bfloat16, False),
         (3, 80, 512, torch.float16, True),  # N not a multiple of the 16-row tile
-        (16, 64, 320, torch.bfloat16, False),  # K not a multiple of the K tile; the most rows routed here
+        (sk.MAX_ROWS, 64, 320, torch.bfloat16, False),  # K not a multiple of the K tile; the most rows routed here
         (5, 48, 100, torch.float16, False),  # K under one tile
     ],
 )

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 # Rows above this go to cuBLAS: its tiles then cover the chip (set from bench/skinny_linear.py).
-MAX_ROWS = 16
+MAX_ROWS = 64
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -105,14 +105,24 @@ class SkinnyConfig:
     num_stages: int
 
 
-def skinny_config(rows: int, features: int, depth: int, gated: bool) -> SkinnyConfig:
-    """Launch rule (bench/skinny_linear.py sweeps the alternatives on the GPU).
+def skinny_config(features: int, gated: bool) -> SkinnyConfig:
+    """Launch rule, from the tile sweep of bench/skinny_linear.py at Llama-8B widths on an H200.
 
-    16 weight rows per program gives the narrowest projection (N=4096) 256
-    programs, about two per multiprocessor; 256-wide K tiles in 3 stages keep
-    ~24 KB of weight loads in flight per program (twice that when gated).
+    What matters is weight bytes in flight per multiprocessor: narrow
+    projections (N <= 4096: o, down) take 32-row programs, so their grid still
+    has one program per multiprocessor, with 256-wide K tiles five stages deep
+    (80 KB); wider ones take 64 rows and 128-wide tiles, four or five deep;
+    gated tiles are twice the bytes, so three stages. A grid of many waves (the
+    LM head) needs fewer stages per program. Each pick ran within 2% of the
+    sweep's best for its shape at 1-32 rows.
     """
-    return SkinnyConfig(block_n=16, block_k=256, num_warps=4, num_stages=3)
+    if gated:
+        return SkinnyConfig(block_n=64, block_k=128, num_warps=4, num_stages=3)
+    if features <= 4096:
+        return SkinnyConfig(block_n=32, block_k=256, num_warps=4, num_stages=5)
+    if features <= 16384:
+        return SkinnyConfig(block_n=64, block_k=128, num_warps=4, num_stages=5)
+    return SkinnyConfig(block_n=64, block_k=128, num_warps=4, num_stages=4)
 
 
 def uses_skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -143,7 +153,7 @@ def skinny_linear(
     rows, depth = x2.shape
     features = weight.shape[0] // 2 if gated else weight.shape[0]
     out = torch.empty(*x.shape[:-1], features, dtype=x.dtype, device=x.device)
-    config = config or skinny_config(rows, features, depth, gated)
+    config = config or skinny_config(features, gated)
     grid = (triton.cdiv(features, config.block_n),)
     _skinny_linear_kernel[grid](
         x2,
