@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 # Rows above this go to cuBLAS: its tiles then cover the chip (set from bench/skinny_linear.py).
-MAX_ROWS = 64
+MAX_ROWS = 32
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
