@@ -8,6 +8,11 @@ that met both the TTFT and the TPOT SLO (DistServe's definition).
 
     python -m bench.serve --base-url http://127.0.0.1:8000 --dataset sharegpt --num-prompts 200 --request-rate 4
     python -m bench.serve --dataset random --input-len 512 --output-len 128 --num-prompts 100
+    python -m bench.serve --dataset sharegpt-sampled --dataset-path FILE --num-prompts 1000
+
+``sharegpt`` sends ShareGPT prompts as text, lengths counted with ``--tokenizer``;
+``sharegpt-sampled`` sends the token-id prompts of a file written by
+``bench.sharegpt_sample`` (for a server whose tokenizer cannot count real text).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import time
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from bench.common import emit
-from bench.serve_workloads import BenchRequest, random_requests, sharegpt_requests
+from bench.serve_workloads import BenchRequest, random_requests, read_sampled, sharegpt_requests
 
 
 @dataclass
@@ -115,13 +121,47 @@ def summarize(results: list[RequestResult], elapsed: float, args: argparse.Names
     }
 
 
+def load_workload(args: argparse.Namespace) -> tuple[list[BenchRequest], dict]:
+    """The requests, and the fields that say where they came from (for the result line)."""
+    if args.dataset == "sharegpt-sampled":
+        if not args.dataset_path:
+            raise SystemExit("--dataset sharegpt-sampled needs --dataset-path (see bench/sharegpt_sample.py)")
+        sampled = read_sampled(args.dataset_path)
+        requests = sampled.take(args.num_prompts)
+        info = {
+            "dataset": "sharegpt",
+            "prompt_format": "token_ids",
+            "length_tokenizer": sampled.tokenizer,
+            "sample_seed": sampled.seed,
+            "sample_file": os.path.basename(args.dataset_path),
+        }
+    elif args.dataset == "sharegpt":
+        from services.engine.models.default_model import default_model_path
+        from services.engine.tokenizer import load_tokenizer
+
+        checkpoint = args.tokenizer or default_model_path()
+        tokenizer = load_tokenizer(checkpoint)
+        requests = sharegpt_requests(tokenizer, args.num_prompts, args.seed, args.dataset_path)
+        name = os.path.basename(os.path.normpath(checkpoint))
+        info = {"dataset": "sharegpt", "prompt_format": "text", "length_tokenizer": name}
+    else:
+        requests = random_requests(args.num_prompts, args.input_len, args.output_len, args.vocab_size,
+                                   args.range_ratio, args.seed)
+        info = {"dataset": args.dataset}
+    if requests:
+        info["mean_prompt_len"] = round(statistics.fmean(r.prompt_len for r in requests), 1)
+        info["mean_output_len"] = round(statistics.fmean(r.output_len for r in requests), 1)
+    return requests, info
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", default="default")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--tokenizer", default=None, help="checkpoint whose tokenizer counts ShareGPT lengths")
-    parser.add_argument("--dataset", choices=["sharegpt", "random"], default="random")
+    parser.add_argument("--dataset", choices=["sharegpt", "sharegpt-sampled", "random"], default="random")
+    parser.add_argument("--dataset-path", default=None, help="sharegpt: its JSON; sharegpt-sampled: the file")
     parser.add_argument("--num-prompts", type=int, default=100)
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=128)
@@ -133,19 +173,11 @@ def main() -> None:
     parser.add_argument("--slo-tpot-ms", type=float, default=50.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.dataset == "sharegpt":
-        from services.engine.models.default_model import default_model_path
-        from services.engine.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer or default_model_path())
-        requests = sharegpt_requests(tokenizer, args.num_prompts, args.seed)
-    else:
-        requests = random_requests(args.num_prompts, args.input_len, args.output_len, args.vocab_size,
-                                   args.range_ratio, args.seed)
+    requests, workload = load_workload(args)
     start = time.perf_counter()
     results = asyncio.run(run(args, requests))
     summary = summarize(results, time.perf_counter() - start, args)
-    emit("serve", dataset=args.dataset, num_prompts=len(requests), request_rate=args.request_rate,
+    emit("serve", **workload, num_prompts=len(requests), request_rate=args.request_rate,
          base_url=args.base_url, **summary)
 
 

