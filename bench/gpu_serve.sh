@@ -3,6 +3,7 @@
 # bf16 weights, then bench.serve against its OpenAI API. JSON lines go to $OUT/serve.jsonl.
 #   bash bench/gpu_serve.sh              (prefill and decode workers, KV handed over through the kvstore)
 #   SERVE_FLAGS=--colocated bash bench/gpu_serve.sh    (one worker in both roles)
+#   SERVE_MODE=processes bash bench/gpu_serve.sh        (one worker in both roles; each service its own process)
 # WORKLOADS picks the runs (default "ttft load"): ttft (512-token TTFT at low load), load (512/128
 # at 8/s and all at once), sharegpt (ShareGPT lengths: 1000 at once, 500 at $SHAREGPT_RATE/s).
 # sharegpt reads token-id prompts pre-sampled where the dataset is (it is too big to carry here):
@@ -25,13 +26,33 @@ source bench/gpu_env.sh
 out="${OUT:-/tmp}"
 model=/tmp/llama-3.1-8b-shape
 python3 -c "from pathlib import Path; from bench.real_shapes import write_model_folder; write_model_folder(Path('$model'))"
-python3 -m tandem.cli serve --model "$model" --load-format dummy --dtype bfloat16 --max-model-len 4096 \
-  --served-model-name llama-8b-shape --port 8000 --listen 127.0.0.1:0 --kv-cache-memory-fraction 0.4 ${SERVE_FLAGS:-} \
-  > "$out/serve.log" 2>&1 &
-server=$!
-for _ in $(seq 1 240); do grep -q "HTTP API listening" "$out/serve.log" && break; kill -0 $server 2>/dev/null || { tail -20 "$out/serve.log"; exit 1; }; sleep 1; done
+engine_flags=(--model "$model" --load-format dummy --dtype bfloat16 --max-model-len 4096 --kv-cache-memory-fraction 0.4)
+await() {  # await LOG PATTERN PID: until the process prints PATTERN (or dies)
+  for _ in $(seq 1 240); do grep -q "$2" "$1" && return 0; kill -0 "$3" 2>/dev/null || { tail -20 "$1"; exit 1; }; sleep 1; done
+}
+if [[ "${SERVE_MODE:-embedded}" == processes ]]; then
+  # One service per process, as compose.yaml deploys them: kvstore, a worker in both roles, the
+  # router, the HTTP gateway. Each has its own interpreter lock.
+  python3 -m tandem.cli kvstore --listen 127.0.0.1:50070 > "$out/kvstore.log" 2>&1 &
+  pids=($!)
+  python3 -m tandem.cli worker "${engine_flags[@]}" --role both --listen 127.0.0.1:50071 --kvstore 127.0.0.1:50070 \
+    --served-model-name llama-8b-shape > "$out/worker.log" 2>&1 &
+  pids+=($!); await "$out/worker.log" "listening on" "${pids[-1]}"
+  python3 -m tandem.cli router --model "$model" --listen 127.0.0.1:50051 --kvstore 127.0.0.1:50070 --max-model-len 4096 \
+    --served-model-name llama-8b-shape > "$out/router.log" 2>&1 &
+  pids+=($!); await "$out/router.log" "listening on" "${pids[-1]}"
+  python3 -m tandem.cli gateway --router 127.0.0.1:50051 --model "$model" --port 8000 \
+    --served-model-name llama-8b-shape > "$out/serve.log" 2>&1 &
+  pids+=($!)
+else
+  python3 -m tandem.cli serve "${engine_flags[@]}" --served-model-name llama-8b-shape --port 8000 --listen 127.0.0.1:0 \
+    ${SERVE_FLAGS:-} > "$out/serve.log" 2>&1 &
+  pids=($!)
+fi
+await "$out/serve.log" "HTTP API listening" "${pids[-1]}"
 run() { python3 -m bench.serve --model llama-8b-shape --vocab-size 128000 "$@" 2>&1 | grep '^{' \
-  | sed "s/^{/{\"serve_flags\": \"${SERVE_FLAGS:-}\", /" | tee -a "$out/serve.jsonl"; }
+  | sed "s/^{/{\"serve_mode\": \"${SERVE_MODE:-embedded}\", \"serve_flags\": \"${SERVE_FLAGS:-}\", /" \
+  | tee -a "$out/serve.jsonl"; }
 # Low load: time to first token of a 512-token prompt (target: 25 ms or less).
 want ttft && run --dataset random --input-len 512 --output-len 16 --num-prompts 20 --request-rate 2
 # Throughput under load.
@@ -47,5 +68,5 @@ if want sharegpt; then
   run --dataset sharegpt-sampled --dataset-path "$sharegpt_sampled" --num-prompts 500 \
     --request-rate "${SHAREGPT_RATE:-4}"
 fi
-kill $server; wait $server 2>/dev/null
+kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null
 tail -5 "$out/serve.log"
