@@ -38,8 +38,9 @@ if [[ "${SERVE_MODE:-embedded}" == processes ]]; then
   python3 -m tandem.cli worker "${engine_flags[@]}" --role both --listen 127.0.0.1:50071 --kvstore 127.0.0.1:50070 \
     --served-model-name llama-8b-shape > "$out/worker.log" 2>&1 &
   pids+=($!); await "$out/worker.log" "listening on" "${pids[-1]}"
+  # The one worker holds every prompt's KV where it computed it: no prefill hop (as serve --colocated).
   python3 -m tandem.cli router --model "$model" --listen 127.0.0.1:50051 --kvstore 127.0.0.1:50070 --max-model-len 4096 \
-    --served-model-name llama-8b-shape > "$out/router.log" 2>&1 &
+    --served-model-name llama-8b-shape --disagg-min-tokens 1000000000 > "$out/router.log" 2>&1 &
   pids+=($!); await "$out/router.log" "listening on" "${pids[-1]}"
   python3 -m tandem.cli gateway --router 127.0.0.1:50051 --model "$model" --port 8000 \
     --served-model-name llama-8b-shape > "$out/serve.log" 2>&1 &
