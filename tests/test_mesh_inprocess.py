@@ -130,7 +130,7 @@ def _generates(client: MeshClient, p: list[int], expected: list[int]) -> bool:
 
 
 def test_colocated_worker_serves_both_roles(tiny_checkpoints, offline):
-    """A small deployment: one worker started as prefill and decode at once."""
+    """A small deployment: one worker started as prefill and decode at once prefills its own prompts."""
     from services.router.server import RouterSettings, start_router
     from services.worker.server import WorkerConfig, start_worker
 
@@ -145,9 +145,11 @@ def test_colocated_worker_serves_both_roles(tiny_checkpoints, offline):
         prompts = [prompt(10 + i, length) for i, length in enumerate((5, 40, 90))]
         for p in prompts:
             assert client.generate(p, PARAMS)[0] == offline.generate([p], PARAMS)[0].outputs[0].token_ids
-        # Long prompts went through its Prefill service, short ones straight to Decode.
-        assert worker.worker.counters["prefill_requests"] == 2
+        # Even prompts past the threshold skip the Prefill hop: it would copy KV that the
+        # worker's own engine computes and keeps when it decodes.
+        assert worker.worker.counters["prefill_requests"] == 0
         assert worker.worker.counters["decode_requests"] == 3
+        assert router.router.counters["prefill_on_decode"] == 3
     finally:
         router.stop()
         worker.stop()

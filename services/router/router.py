@@ -4,10 +4,13 @@ Lifecycle of a sample:
   1. hash the prompt's full blocks (the engine's chained sha256) and, when
      the prompt could be prefilled apart (``disagg_min_tokens``), ask the
      kvstore how many are cached;
-  2. if the uncached part is at least ``disagg_min_tokens`` and a prefill
-     worker is healthy, prefill there (it pulls the cached prefix, computes
-     the rest, publishes blocks and returns the first token); if prefill fails
-     or times out, fall through and let the decode worker prefill;
+  2. if the uncached part is at least ``disagg_min_tokens`` and a dedicated
+     prefill worker is healthy, prefill there (it pulls the cached prefix,
+     computes the rest, publishes blocks and returns the first token); if
+     prefill fails or times out, fall through and let the decode worker
+     prefill. Workers in both roles prefill their own requests: a hop to one
+     only copies KV through the registry that its engine already holds
+     (measured on an H200: TTFT 20 -> 189 ms, throughput 4989 -> 2705 tok/s);
   3. pick a decode worker, name the blocks it may pull from the registry,
      and stream its deltas back;
   4. on client cancel, cancel the downstream calls and send Abort to each
@@ -238,7 +241,8 @@ class Router:
 
     def _prefill(self, call: SampleCall, prompt_ids: list[int], sampling: common_pb2.SamplingParams,
                  hashes: list[BlockHash]) -> worker_pb2.PrefillResponse | None:
-        worker = pick_prefill(self.pool.healthy("prefill"), hashes, self.prefill_locality)
+        dedicated = [w for w in self.pool.healthy("prefill") if w.role == "prefill"]
+        worker = pick_prefill(dedicated, hashes, self.prefill_locality)
         if worker is None:
             return None
         call.workers.append(worker)
