@@ -141,6 +141,7 @@ def main() -> None:
     blocks_needed = sum(-(-(args.context + 1) // 16) for _ in range(max(args.batches))) + 64
     engine = LLMEngine(EngineConfig(model=str(folder), load_format="dummy", dtype="bfloat16", device="cuda",
                                     max_model_len=args.context + 64, num_kv_blocks=blocks_needed,
+                                    max_num_seqs=max(256, *args.batches),
                                     enable_prefix_caching=False))
     for key_cache, value_cache in engine.runner.kv_caches:
         key_cache.normal_()

@@ -106,19 +106,66 @@ def run_router(args: argparse.Namespace, engine_kwargs: dict) -> int:
 
 
 def add_serve_parser(commands: argparse._SubParsersAction, add_engine_args) -> None:
-    parser = commands.add_parser("serve", help="run the whole mesh in this process (the embedded default)")
+    parser = commands.add_parser(
+        "serve", help="run the whole mesh: in this process (the default) or one process per service (--processes)")
     add_engine_args(parser)
     parser.add_argument("--listen", default=env_default("listen", "127.0.0.1:50051"), help="router gRPC address")
     serving_cli.add_served_name_arg(parser)
     parser.add_argument("--disagg-min-tokens", type=int, default=int(env_default("disagg_min_tokens", "32")))
     parser.add_argument("--colocated", action="store_true", default=env_default("colocated") == "1",
                         help="one worker in both roles (single-GPU hosts: no KV copy between engines)")
+    parser.add_argument("--processes", action="store_true", default=env_default("processes") == "1",
+                        help="run each service (kvstore, workers, router, HTTP gateway) as its own child "
+                             "process: one interpreter lock per service instead of one for all, for much "
+                             "higher throughput under load on a GPU; the default runs them as threads here")
     serving_cli.add_http_args(parser, "--port", 8000)
     serving_cli.add_admission_args(parser)
-    parser.set_defaults(handler=run_serve)
+    parser.set_defaults(handler=run_serve, add_engine_args=add_engine_args)
+
+
+def engine_argv(add_engine_args, args: argparse.Namespace) -> list[str]:
+    """``args``'s engine flags as a command line, for a child that takes the same flags.
+
+    Read off the flags ``add_engine_args`` defines, so a new engine flag reaches
+    the children of ``serve --processes`` without another edit.
+    """
+    scratch = argparse.ArgumentParser(add_help=False)
+    add_engine_args(scratch)
+    argv: list[str] = []
+    for action in scratch._actions:
+        value, flag = getattr(args, action.dest), action.option_strings[0]
+        if action.nargs == 0:  # store_true
+            argv += [flag] if value else []
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _served_names(args: argparse.Namespace) -> list[str]:
+    # serving_cli.served_names' rule, without importing the gateway (and torch) into the launcher.
+    from services.engine.models.default_model import DEFAULT_MODEL_FILE
+
+    return args.served_model_name or [args.model or DEFAULT_MODEL_FILE.split(".", 1)[0]]
+
+
+def _serve_processes(args: argparse.Namespace) -> int:
+    from tandem.process_mesh import MeshPlan, serve_processes
+
+    limits = {"--max-queued-requests": args.max_queued_requests,
+              "--max-queued-prompt-tokens": args.max_queued_prompt_tokens,
+              "--max-predicted-ttft-ms": args.max_predicted_ttft_ms}
+    return serve_processes(MeshPlan(
+        engine_argv=engine_argv(args.add_engine_args, args), model=args.model, served_names=_served_names(args),
+        colocated=args.colocated, router_listen=args.listen, disagg_min_tokens=args.disagg_min_tokens,
+        max_model_len=args.max_model_len,
+        admission_argv=[part for flag, value in limits.items() if value is not None for part in (flag, str(value))],
+        host=args.host, port=args.http_port, api_key=args.api_key, log_level=args.log_level,
+    ))
 
 
 def run_serve(args: argparse.Namespace, engine_kwargs: dict) -> int:
+    if args.processes:
+        return _serve_processes(args)
     from services.embedded_mesh import start_embedded_mesh
     from services.engine.config import EngineConfig
 
