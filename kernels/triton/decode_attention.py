@@ -35,7 +35,9 @@ def _partition_size(seq_len, num_splits, BLOCK_N: tl.constexpr):
     return tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
 
 
-@triton.jit
+# The block-table width changes with every eager step (graphs fix it): specializing
+# on it would compile new variants under live traffic.
+@triton.jit(do_not_specialize=["stride_table"])
 def _decode_attention_kernel(
     q_ptr,  # [T, Hq, HEAD_DIM]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, HEAD_DIM]

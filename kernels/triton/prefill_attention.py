@@ -29,7 +29,9 @@ from kernels.triton._common import check_cache_layout, dot_settings
 LOG2E = 1.4426950408889634
 
 
-@triton.jit
+# The sequence count and the block-table width change every step: specializing on
+# them (== 1, multiple of 16) would compile new variants under live traffic.
+@triton.jit(do_not_specialize=["num_seqs", "stride_table"])
 def _prefill_attention_kernel(
     q_ptr,  # [T, Hq, HEAD_DIM]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, HEAD_DIM]
