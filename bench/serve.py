@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 import httpx
 
 from bench.common import emit
-from bench.serve_workloads import BenchRequest, random_requests, read_sampled, sharegpt_requests
+from bench.serve_workloads import (
+    BenchRequest,
+    load_length_tokenizer,
+    random_requests,
+    read_sampled,
+    sharegpt_requests,
+)
 
 
 @dataclass
@@ -136,13 +142,8 @@ def load_workload(args: argparse.Namespace) -> tuple[list[BenchRequest], dict]:
             "sample_file": os.path.basename(args.dataset_path),
         }
     elif args.dataset == "sharegpt":
-        from services.engine.models.default_model import default_model_path
-        from services.engine.tokenizer import load_tokenizer
-
-        checkpoint = args.tokenizer or default_model_path()
-        tokenizer = load_tokenizer(checkpoint)
+        tokenizer, name = load_length_tokenizer(args.tokenizer)
         requests = sharegpt_requests(tokenizer, args.num_prompts, args.seed, args.dataset_path)
-        name = os.path.basename(os.path.normpath(checkpoint))
         info = {"dataset": "sharegpt", "prompt_format": "text", "length_tokenizer": name}
     else:
         requests = random_requests(args.num_prompts, args.input_len, args.output_len, args.vocab_size,

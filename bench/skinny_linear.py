@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from triton.runtime.errors import OutOfResources
 
+from bench.attention_bandwidth import copy_bandwidth_gbps
 from bench.common import emit
 from kernels.triton.activation import silu_and_mul
 from kernels.triton.skinny_linear import SkinnyConfig, skinny_config, skinny_linear
@@ -27,13 +28,6 @@ from kernels.triton.skinny_linear import SkinnyConfig, skinny_config, skinny_lin
 SHAPES = [("qkv", 6144, 4096, False), ("o", 4096, 4096, False), ("gate_up", 14336, 4096, True),
           ("down", 4096, 14336, False), ("lm_head", 128256, 4096, False)]
 CACHE_FLUSH_BYTES = 512 << 20
-
-
-def copy_bandwidth_gbps(total_bytes: int = 1 << 32) -> float:
-    src = torch.empty(total_bytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
-    dst = torch.empty_like(src)
-    ms = graph_ms([lambda: dst.copy_(src)])
-    return 2 * total_bytes / ms / 1e6
 
 
 def graph_ms(calls: list[Callable[[], object]], rep: int = 50) -> float:

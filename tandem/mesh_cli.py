@@ -141,13 +141,6 @@ def engine_argv(add_engine_args, args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _served_names(args: argparse.Namespace) -> list[str]:
-    # serving_cli.served_names' rule, without importing the gateway (and torch) into the launcher.
-    from services.engine.models.default_model import DEFAULT_MODEL_FILE
-
-    return args.served_model_name or [args.model or DEFAULT_MODEL_FILE.split(".", 1)[0]]
-
-
 def _serve_processes(args: argparse.Namespace) -> int:
     from tandem.process_mesh import MeshPlan, serve_processes
 
@@ -155,7 +148,7 @@ def _serve_processes(args: argparse.Namespace) -> int:
               "--max-queued-prompt-tokens": args.max_queued_prompt_tokens,
               "--max-predicted-ttft-ms": args.max_predicted_ttft_ms}
     return serve_processes(MeshPlan(
-        engine_argv=engine_argv(args.add_engine_args, args), model=args.model, served_names=_served_names(args),
+        engine_argv=engine_argv(args.add_engine_args, args), model=args.model, served_names=serving_cli.served_names(args),
         colocated=args.colocated, router_listen=args.listen, disagg_min_tokens=args.disagg_min_tokens,
         max_model_len=args.max_model_len,
         admission_argv=[part for flag, value in limits.items() if value is not None for part in (flag, str(value))],

@@ -47,7 +47,9 @@ def add_served_name_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def served_names(args: argparse.Namespace) -> list[str]:
-    from services.gateway.server import default_served_model_name
+    # From the engine's light default-model module: the launcher of serve --processes
+    # calls this too, and must not import the gateway (and torch).
+    from services.engine.models.default_model import default_served_model_name
 
     return args.served_model_name or [default_served_model_name(args.model)]
 

@@ -12,7 +12,6 @@ from bench.serve_workloads import (
     iter_conversations,
     random_requests,
     read_sampled,
-    sampled_requests,
     select_sharegpt,
     sharegpt_requests,
 )
@@ -129,14 +128,14 @@ def test_sampled_file_round_trips_to_token_id_requests(tmp_path):
     content = sample(build_byte_level_tokenizer(), "test-bpe", 12, seed=1, path=sharegpt_like(tmp_path))
     out = str(tmp_path / "data" / "sampled.json")
     assert write_sample(content, out) > 0
-    requests = sampled_requests(out, 10)
+    requests = read_sampled(out).take(10)
     assert len(requests) == 10
     for request, entry in zip(requests, content["requests"]):
         assert request.prompt == entry["prompt_token_ids"] and all(isinstance(t, int) for t in request.prompt)
         assert request.prompt_len == len(request.prompt) and request.output_len == entry["output_len"]
     assert read_sampled(out).tokenizer == "test-bpe"
     with pytest.raises(ValueError):
-        sampled_requests(out, 13)
+        read_sampled(out).take(13)
     args = argparse.Namespace(dataset="sharegpt-sampled", dataset_path=out, num_prompts=12)
     loaded, info = load_workload(args)
     assert loaded == read_sampled(out).requests

