@@ -38,3 +38,19 @@ def test_warm_up_runs_one_step_per_width_and_leaves_the_cache_as_it_was(tiny_che
     # The engine still answers the same tokens afterwards.
     again = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0].token_ids
     assert again == expected
+
+
+def test_a_failed_warm_up_step_frees_its_blocks_and_raises(tiny_checkpoints):
+    """A warm-up step that fails (say, out of memory) stops start-up with its error and leaks no block."""
+    llm = LLM(str(tiny_checkpoints["llama"]), dtype="float32", num_kv_blocks=200, max_model_len=128)
+    engine = llm.engine
+    free_before = engine.kv_cache.pool.num_free_blocks
+
+    def fail(step, **kw):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    engine.runner.execute = fail
+    with pytest.raises(RuntimeError, match="out of memory"):
+        warm_up_prompt_steps(engine.runner, engine.kv_cache, max_num_seqs=40)
+    assert engine.kv_cache.num_requests == 0
+    assert engine.kv_cache.pool.num_free_blocks == free_before
