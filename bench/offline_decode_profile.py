@@ -1,0 +1,174 @@
+"""The GPU timeline of decode steps inside an offline run: busy time, idle gaps, kernels.
+
+``bench.decode_step`` times one decode batch in isolation. The decode steps of
+a real offline run also carry the scheduler, output processing and block
+tables that grow one block at a time, so they can be slower. This runs the
+offline workload of ``bench.gpu_offline_throughput`` (same engine settings,
+overlap scheduling on) and records decode steps ``[skip, skip + steps)``
+with the torch profiler, CUDA activity only, so no per-op host events slow the
+host down. For those steps it prints one JSON line: wall time per step, GPU
+busy time per step (the union of kernel and copy intervals), the idle gaps,
+the host's launch and wait time, and GPU time per step of the top kernels.
+
+    python -m bench.offline_decode_profile [--isl 1000] [--osl 600] [--num-prompts 384]
+        [--skip 500] [--steps 10] [--trace-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.common import emit
+from bench.real_shapes import write_model_folder
+from services.engine.decode_inputs import is_decode_only
+
+_DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+_GAP_US = 5.0  # idle stretches shorter than this are launch latency inside a graph, not host stalls
+
+
+@dataclass
+class DecodeWindow:
+    """Counts decode launches and profiles the ones in ``[skip, skip + steps)``."""
+
+    skip: int
+    steps: int
+    profiler: profile = field(default_factory=lambda: profile(activities=[ProfilerActivity.CUDA]))
+    decode_launches: int = 0
+    wall_started_at: float = 0.0
+    wall_ended_at: float = 0.0
+    launch_s: float = 0.0
+    wait_s: float = 0.0
+
+    @property
+    def recording(self) -> bool:
+        # Checked after the launch counted itself.
+        return self.skip < self.decode_launches <= self.skip + self.steps
+
+    def wrap_launch(self, launch: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(step: Any, *args: Any, **kwargs: Any) -> Any:
+            if is_decode_only(step.chunks):
+                self._at_decode_launch()
+            began = time.perf_counter()
+            out = launch(step, *args, **kwargs)
+            if self.recording:
+                self.launch_s += time.perf_counter() - began
+            return out
+
+        return wrapped
+
+    def _at_decode_launch(self) -> None:
+        # Wall time per step comes from the unprofiled steps just before the
+        # window, where overlap runs undisturbed; the window itself starts and
+        # ends on an idle GPU so that it holds exactly its own steps' kernels.
+        if self.decode_launches == self.skip - self.steps:
+            self.wall_started_at = time.perf_counter()
+        elif self.decode_launches == self.skip:
+            self.wall_ended_at = time.perf_counter()
+            torch.cuda.synchronize()
+            self.profiler.start()
+        elif self.decode_launches == self.skip + self.steps:
+            torch.cuda.synchronize()
+            self.profiler.stop()
+        self.decode_launches += 1
+
+    def wrap_collect(self, collect: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            out = collect(*args, **kwargs)
+            if self.recording:
+                self.wait_s += time.perf_counter() - began
+            return out
+
+        return wrapped
+
+
+def device_intervals(trace_path: Path) -> list[tuple[float, float, str]]:
+    """(start us, end us, name) of every kernel, copy and memset in a Chrome trace, by start."""
+    events = json.loads(trace_path.read_text())["traceEvents"]
+    spans = [(e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+             if e.get("cat") in _DEVICE_CATEGORIES and "dur" in e]
+    return sorted(spans)
+
+
+def timeline_summary(spans: list[tuple[float, float, str]], steps: int) -> dict[str, Any]:
+    """Busy (union) and idle time of the device spans, per step, and the top kernels' time per step."""
+    busy = gaps = 0.0
+    num_gaps = 0
+    end = spans[0][0]
+    for start, stop, _ in spans:
+        if start > end:
+            idle = start - end
+            if idle >= _GAP_US:
+                gaps += idle
+                num_gaps += 1
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    per_kernel: dict[str, float] = {}
+    for start, stop, name in spans:
+        per_kernel[name] = per_kernel.get(name, 0.0) + stop - start
+    top = sorted(per_kernel.items(), key=lambda item: -item[1])[:12]
+    return {
+        "span_ms_per_step": round((end - spans[0][0]) / 1e3 / steps, 3),
+        "gpu_busy_ms_per_step": round(busy / 1e3 / steps, 3),
+        "gpu_idle_ms_per_step": round(gaps / 1e3 / steps, 3),
+        "idle_gaps_per_step": round(num_gaps / steps, 1),
+        "top_kernels_ms_per_step": {name[:60]: round(us / 1e3 / steps, 3) for name, us in top},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--isl", type=int, default=1000)
+    parser.add_argument("--osl", type=int, default=600)
+    parser.add_argument("--num-prompts", type=int, default=384)
+    parser.add_argument("--skip", type=int, default=500, help="decode steps before the recorded ones")
+    parser.add_argument("--steps", type=int, default=10, help="decode steps recorded")
+    parser.add_argument("--max-num-seqs", type=int, default=384)
+    parser.add_argument("--kv-cache-memory-fraction", type=float, default=0.85)
+    parser.add_argument("--trace-dir", type=Path, default=None, help="keep the Chrome trace here")
+    args = parser.parse_args()
+    if not args.steps <= args.skip < args.osl - args.steps:
+        parser.error("need --steps <= --skip < --osl - --steps")
+    from tandem import LLM, SamplingParams
+
+    folder = write_model_folder(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
+    llm = LLM(model=str(folder), load_format="dummy", dtype="bfloat16", device="cuda",
+              max_model_len=args.isl + args.osl + 16, kv_cache_memory_fraction=args.kv_cache_memory_fraction,
+              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=8192)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(2, 128000) for _ in range(args.isl)] for _ in range(args.num_prompts)]
+    llm.generate(prompts[:8], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # compiles
+    window = DecodeWindow(args.skip, args.steps)
+    runner = llm.engine.runner
+    runner.launch = window.wrap_launch(runner.launch)  # type: ignore[method-assign]
+    runner.collect = window.wrap_collect(runner.collect)  # type: ignore[method-assign]
+    started = time.perf_counter()
+    llm.generate(prompts, SamplingParams(temperature=0, max_tokens=args.osl, ignore_eos=True))
+    elapsed = time.perf_counter() - started
+    trace_dir = args.trace_dir or Path(tempfile.mkdtemp())
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    trace = trace_dir / f"offline-decode-{args.isl}-{args.osl}-{args.num_prompts}.json"
+    window.profiler.export_chrome_trace(str(trace))
+    summary = timeline_summary(device_intervals(trace), args.steps)
+    emit("offline_decode_profile", model="Llama-3.1-8B shape, random bf16", isl=args.isl, osl=args.osl,
+         num_prompts=args.num_prompts, batch=min(args.num_prompts, args.max_num_seqs),
+         context=args.isl + args.skip, steps=args.steps, elapsed_s=round(elapsed, 2),
+         wall_ms_per_step=round((window.wall_ended_at - window.wall_started_at) * 1e3 / args.steps, 3),
+         launch_ms_per_step=round(window.launch_s * 1e3 / args.steps, 3),
+         wait_ms_per_step=round(window.wait_s * 1e3 / args.steps, 3),
+         preemptions=llm.stats().num_preemptions, **summary)
+
+
+if __name__ == "__main__":
+    main()
