@@ -9,6 +9,9 @@ with the torch profiler, CUDA activity only, so no per-op host events slow the
 host down. For those steps it prints one JSON line: wall time per step, GPU
 busy time per step (the union of kernel and copy intervals), the idle gaps,
 the host's launch and wait time, and GPU time per step of the top kernels.
+A second line is the whole run's step timeline (:mod:`bench.step_timeline`):
+the prompt phase and buckets of decode steps, each with its wall time per
+step. ``--steps 0`` records no profile, so the timeline is undisturbed.
 
     python -m bench.offline_decode_profile [--isl 1000] [--osl 600] [--num-prompts 384]
         [--skip 500] [--steps 10] [--trace-dir DIR]
@@ -31,6 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.common import emit
 from bench.real_shapes import write_model_folder
+from bench.step_timeline import StepTimeline, summarize
 from services.engine.decode_inputs import is_decode_only
 
 _DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
@@ -138,7 +142,7 @@ def main() -> None:
     parser.add_argument("--kv-cache-memory-fraction", type=float, default=0.85)
     parser.add_argument("--trace-dir", type=Path, default=None, help="keep the Chrome trace here")
     args = parser.parse_args()
-    if not args.steps <= args.skip < args.osl - args.steps:
+    if args.steps and not args.steps <= args.skip < args.osl - args.steps:
         parser.error("need --steps <= --skip < --osl - --steps")
     from tandem import LLM, SamplingParams
 
@@ -148,26 +152,38 @@ def main() -> None:
               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=8192)
     rng = random.Random(0)
     prompts = [[rng.randrange(2, 128000) for _ in range(args.isl)] for _ in range(args.num_prompts)]
-    llm.generate(prompts[:8], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # compiles
-    window = DecodeWindow(args.skip, args.steps)
+    # Warm-up on other prompts of the same shape, as bench.gpu_offline_throughput
+    # does, so that every kernel variant is compiled before the clock starts.
+    warmup = [[rng.randrange(2, 128000) for _ in range(args.isl)] for _ in prompts]
+    llm.generate(warmup, SamplingParams(temperature=0, max_tokens=min(args.osl, 24), ignore_eos=True))
+    torch.cuda.synchronize()
+    window = DecodeWindow(args.skip, args.steps) if args.steps else None
+    timeline = StepTimeline()
     runner = llm.engine.runner
-    runner.launch = window.wrap_launch(runner.launch)  # type: ignore[method-assign]
-    runner.collect = window.wrap_collect(runner.collect)  # type: ignore[method-assign]
+    launch, collect = timeline.wrap_launch(runner.launch), timeline.wrap_collect(runner.collect)
+    if window is not None:
+        launch, collect = window.wrap_launch(launch), window.wrap_collect(collect)
+    runner.launch, runner.collect = launch, collect  # type: ignore[method-assign]
     started = time.perf_counter()
     llm.generate(prompts, SamplingParams(temperature=0, max_tokens=args.osl, ignore_eos=True))
-    elapsed = time.perf_counter() - started
+    ended = time.perf_counter()
+    common = {"model": "Llama-3.1-8B shape, random bf16", "isl": args.isl, "osl": args.osl,
+              "num_prompts": args.num_prompts, "batch": min(args.num_prompts, args.max_num_seqs),
+              "preemptions": llm.stats().num_preemptions}
+    emit("offline_step_timeline", **common, elapsed_s=round(ended - started, 3),
+         output_tok_per_s=round(args.osl * args.num_prompts / (ended - started), 1),
+         profiled_steps=args.steps, **summarize(timeline, ended))
+    if window is None:
+        return
     trace_dir = args.trace_dir or Path(tempfile.mkdtemp())
     trace_dir.mkdir(parents=True, exist_ok=True)
     trace = trace_dir / f"offline-decode-{args.isl}-{args.osl}-{args.num_prompts}.json"
     window.profiler.export_chrome_trace(str(trace))
     summary = timeline_summary(device_intervals(trace), args.steps)
-    emit("offline_decode_profile", model="Llama-3.1-8B shape, random bf16", isl=args.isl, osl=args.osl,
-         num_prompts=args.num_prompts, batch=min(args.num_prompts, args.max_num_seqs),
-         context=args.isl + args.skip, steps=args.steps, elapsed_s=round(elapsed, 2),
+    emit("offline_decode_profile", **common, context=args.isl + args.skip, steps=args.steps,
          wall_ms_per_step=round((window.wall_ended_at - window.wall_started_at) * 1e3 / args.steps, 3),
          launch_ms_per_step=round(window.launch_s * 1e3 / args.steps, 3),
-         wait_ms_per_step=round(window.wait_s * 1e3 / args.steps, 3),
-         preemptions=llm.stats().num_preemptions, **summary)
+         wait_ms_per_step=round(window.wait_s * 1e3 / args.steps, 3), **summary)
 
 
 if __name__ == "__main__":
