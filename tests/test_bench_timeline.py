@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.offline_decode_profile import device_intervals, timeline_summary
+from bench.offline_step_profile import device_intervals, timeline_summary
 
 
 def test_busy_is_the_union_and_only_long_gaps_count(tmp_path: Path) -> None:

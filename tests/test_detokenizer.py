@@ -185,3 +185,21 @@ def test_prompt_ending_mid_character_emits_it_whole(kind: str) -> None:
         text = "".join(deltas)
         assert text == expected_output_text(tokenizer, prompt, output, True)
         assert REPLACEMENT_CHAR not in text and text.endswith("😀")
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_tokens_without_text_do_not_grow_the_window(kind: str) -> None:
+    # A model can emit long runs of ids that decode to nothing: skipped special
+    # tokens, or ids past the tokenizer's vocabulary (embedding tables are often
+    # padded). Each push decodes the window, so it must stay short through them.
+    tokenizer = get_tokenizer(kind)
+    past_vocab = len(tokenizer) + 5
+    prompt = encode(tokenizer, "Hello")
+    detokenizer = IncrementalDetokenizer(tokenizer, prompt, skip_special_tokens=True)
+    window_before = len(detokenizer._window)
+    deltas = [detokenizer.push(token_id) for token_id in [tokenizer.eos_token_id, past_vocab] * 500]
+    assert deltas == [""] * 1000
+    assert len(detokenizer._window) == window_before
+    world = encode(tokenizer, " world")
+    text = "".join(detokenizer.push(token_id) for token_id in world) + detokenizer.flush()
+    assert text == expected_output_text(tokenizer, prompt, world, skip=True)

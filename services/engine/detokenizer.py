@@ -66,6 +66,12 @@ class IncrementalDetokenizer:
         """Add one output token; return the text it finalized ("" while a character is incomplete)."""
         self._window.append(token_id)
         text = self._decode(self._window)
+        if text == self._prefix and len(self._window) == self._num_emitted + 1:
+            # The token adds no text by itself (a skipped special token, an id
+            # past the tokenizer's vocabulary): drop it, or the window would
+            # grow with every such token and each push would decode all of it.
+            self._window.pop()
+            return ""
         if len(text) <= len(self._prefix) or text.endswith(_REPLACEMENT_CHAR):
             return ""
         if text.startswith(self._prefix):
