@@ -69,7 +69,7 @@ def run_hf(llm: object, prompts: list[str], output_len: int) -> tuple[float, int
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
-    kwargs = dict(do_sample=False, max_new_tokens=output_len, eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
+    kwargs = {"do_sample": False, "max_new_tokens": output_len, "eos_token_id": None, "pad_token_id": tokenizer.pad_token_id}
     with torch.inference_mode():
         model.generate(**tokenizer(prompts[:4], return_tensors="pt", padding=True), **{**kwargs, "max_new_tokens": 4})
         start = time.perf_counter()

@@ -105,8 +105,8 @@ def main() -> None:
         isl, osl = (int(x) for x in workload.split("/"))
         prompts = [[rng.randrange(2, 128000) for _ in range(isl)] for _ in range(args.num_prompts)]
         tokens = osl * len(prompts)
-        engine = dict(cuda_graphs=not args.no_cuda_graphs, max_num_seqs=args.max_num_seqs,
-                      kv_fraction=args.kv_cache_memory_fraction)
+        engine = {"cuda_graphs": not args.no_cuda_graphs, "max_num_seqs": args.max_num_seqs,
+                      "kv_fraction": args.kv_cache_memory_fraction}
         t_elapsed, capture_mib, kv = run_tandem(folder, prompts, osl, isl + osl + 16, **engine)
         record = dict(model="Llama-3.1-8B shape, random bf16", isl=isl, osl=osl, num_prompts=len(prompts),
                       output_tok_per_s=round(tokens / t_elapsed, 1), elapsed_s=round(t_elapsed, 2),

@@ -39,6 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.common import emit
 from bench.real_shapes import write_model_folder
+from bench.run_diagnostics import GcPauses, compiled_triton_variants, new_variants
 from bench.step_timeline import StepTimeline, summarize
 from services.engine.decode_inputs import is_decode_only
 
@@ -196,11 +197,15 @@ def main() -> None:
     for window in args.window:
         launch, collect = window.wrap_launch(launch), window.wrap_collect(collect)
     runner.launch, runner.collect = launch, collect  # type: ignore[method-assign]
-    memory_before = torch.cuda.memory_stats()
-    started = time.perf_counter()
-    llm.generate(prompts, SamplingParams(temperature=0, max_tokens=args.osl, ignore_eos=True))
-    ended = time.perf_counter()
-    memory_after = torch.cuda.memory_stats()
+    memory_before, variants_before = torch.cuda.memory_stats(), compiled_triton_variants()
+    with GcPauses() as gc_pauses:
+        started = time.perf_counter()
+        llm.generate(prompts, SamplingParams(temperature=0, max_tokens=args.osl, ignore_eos=True))
+        ended = time.perf_counter()
+    memory_after, compiled_in_run = torch.cuda.memory_stats(), new_variants(variants_before, compiled_triton_variants())
+    for name, keys in compiled_in_run.items():
+        for key in keys:
+            print(f"variant first used in the timed run: {name} {key}")
     common = {"model": "Llama-3.1-8B shape, random bf16", "isl": args.isl, "osl": args.osl,
               "num_prompts": args.num_prompts, "batch": min(args.num_prompts, args.max_num_seqs),
               "preemptions": llm.stats().num_preemptions}
@@ -211,6 +216,8 @@ def main() -> None:
     emit("offline_step_timeline", **common, elapsed_s=round(ended - started, 3),
          output_tok_per_s=round(args.osl * args.num_prompts / (ended - started), 1),
          profiled_windows=len(args.window), host_profile=args.host_profile, allocator=allocator,
+         triton_variants_in_run={name: len(keys) for name, keys in compiled_in_run.items()},
+         **gc_pauses.summary(),
          **summarize(timeline, ended))
     if host is not None:
         print("--- host time in mixed steps' launch calls (cProfile, by own time) ---")

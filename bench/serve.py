@@ -114,7 +114,7 @@ def summarize(results: list[RequestResult], elapsed: float, args: argparse.Names
     done = [r for r in results if r.ok]
     out_tokens = sum(r.output_tokens for r in done)
     good = [r for r in done if r.ttft_s * 1e3 <= args.slo_ttft_ms and r.tpot_s * 1e3 <= args.slo_tpot_ms]
-    ms = lambda values: {k: round(v * 1e3, 2) for k, v in percentiles(values).items()}  # noqa: E731
+    ms = lambda values: {k: round(v * 1e3, 2) for k, v in percentiles(values).items()}
     return {
         "completed": len(done), "failed": len(results) - len(done), "duration_s": round(elapsed, 2),
         "request_throughput": round(len(done) / elapsed, 3),
