@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.engine.kernel_warmup import prompt_step_widths, warm_up_prompt_steps
+from services.engine.kernel_warmup import prompt_step_widths, warm_up_logits, warm_up_prompt_steps
 from services.engine.llm import LLM
 from services.engine.sampling_params import SamplingParams
 
@@ -54,3 +54,21 @@ def test_a_failed_warm_up_step_frees_its_blocks_and_raises(tiny_checkpoints):
         warm_up_prompt_steps(engine.runner, engine.kv_cache, max_num_seqs=40)
     assert engine.kv_cache.num_requests == 0
     assert engine.kv_cache.pool.num_free_blocks == free_before
+
+
+def test_logits_warm_up_runs_every_row_count_without_changing_outputs(tiny_checkpoints):
+    llm = LLM(str(tiny_checkpoints["llama"]), dtype="float32", num_kv_blocks=64, max_model_len=64)
+    engine = llm.engine
+    prompt = [5, 6, 7, 8, 9]
+    expected = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0].token_ids
+    rows: list[int] = []
+    compute_logits = engine.runner.model.compute_logits
+    engine.runner.model.compute_logits = lambda hidden: (rows.append(hidden.shape[0]), compute_logits(hidden))[1]
+
+    warm_up_logits(engine.runner, max_rows=12)
+
+    assert rows == list(range(1, 13))
+    engine.runner.model.compute_logits = compute_logits
+    again = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0].token_ids
+    assert again == expected
+

@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from services.engine.engine import LLMEngine
+from services.engine.frozen_heap import frozen_heap
 from services.engine.outputs import RequestOutput
 from services.engine.request_intake import PreparedRequest
 
@@ -122,10 +123,11 @@ class AsyncEngine:
 
     def _loop(self) -> None:
         try:
-            while not self._stopping.is_set():
-                worked = self._drain_commands(block=not self.engine.has_unfinished_requests())
-                if worked or self.engine.has_unfinished_requests():
-                    self._dispatch(self.engine.step())
+            with frozen_heap():
+                while not self._stopping.is_set():
+                    worked = self._drain_commands(block=not self.engine.has_unfinished_requests())
+                    if worked or self.engine.has_unfinished_requests():
+                        self._dispatch(self.engine.step())
         except BaseException as exc:
             logger.exception("engine thread failed")
             self._error = exc

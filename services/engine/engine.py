@@ -26,7 +26,7 @@ from services.engine.block_exchange import BlockExchange
 from services.engine.config import EngineConfig
 from services.engine.cuda_graphs import capture_memory_estimate
 from services.engine.errors import InvalidRequestError
-from services.engine.kernel_warmup import warm_up_prompt_steps
+from services.engine.kernel_warmup import warm_up_logits, warm_up_prompt_steps
 from services.engine.kv_cache_manager import KVCacheManager
 from services.engine.model_loading import LoadedModel, load_model
 from services.engine.model_runner import (
@@ -95,7 +95,8 @@ class LLMEngine:
         graph_bytes = self.runner.capture_cuda_graphs()
         if self.device.type == "cuda":
             warmup_s = warm_up_prompt_steps(self.runner, self.kv_cache, config.max_num_seqs)
-            logger.info("prompt-step kernels warmed up in %.1f s", warmup_s)
+            warmup_s += warm_up_logits(self.runner, config.max_num_seqs)
+            logger.info("prompt-step and LM-head kernels warmed up in %.1f s", warmup_s)
         self.outputs = OutputProcessor(self.tokenizer)
         self.blocks = BlockExchange(self.kv_cache, self.runner)
         # Called on the engine thread after every step that ran the model.

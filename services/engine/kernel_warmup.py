@@ -13,11 +13,20 @@ So the engine runs one tiny prompt step per width at start: sequences of two
 tokens each, freed at once. With blocks of 16 tokens or more a two-token
 prompt fills no block, so nothing enters the prefix cache; with smaller
 blocks its one or two cached blocks hold the model's true KV for that prefix.
+
+The LM head is the other shape a step chooses: its GEMM has one row per
+sampling sequence, any count up to ``max_num_seqs``, and cuBLAS picks a
+kernel by that count. CUDA loads a kernel's module the first time it runs
+(torch's default lazy loading), so a step meeting a new row count can wait on
+that load. One LM-head product per row count at start costs a fraction of a
+second on a GPU and takes those loads out of serving.
 """
 
 from __future__ import annotations
 
 import time
+
+import torch
 
 from services.engine.kv_cache_manager import KVCacheManager
 from services.engine.model_runner import ModelRunner
@@ -52,4 +61,18 @@ def warm_up_prompt_steps(runner: ModelRunner, kv_cache: KVCacheManager, max_num_
         finally:
             for request in requests:
                 kv_cache.free(request)
+    return time.perf_counter() - started
+
+
+def warm_up_logits(runner: ModelRunner, max_rows: int) -> float:
+    """Run the LM head once for every row count from 1 to ``max_rows``; returns the seconds it took."""
+    started = time.perf_counter()
+    model = runner.model
+    weight = model.lm_head.weight
+    hidden = torch.zeros(max_rows, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    with torch.inference_mode():
+        for rows in range(1, max_rows + 1):
+            model.compute_logits(hidden[:rows])
+    if weight.device.type == "cuda":
+        torch.cuda.synchronize(weight.device)
     return time.perf_counter() - started

@@ -7,6 +7,7 @@ from typing import Any
 
 from services.engine.config import EngineConfig
 from services.engine.engine import EngineStats, LLMEngine
+from services.engine.frozen_heap import frozen_heap
 from services.engine.outputs import RequestOutput
 from services.engine.sampling_params import SamplingParams
 from services.engine.tokenizer import apply_chat_template
@@ -87,11 +88,12 @@ class LLM:
     def _run_to_completion(self, ids: list[str]) -> list[RequestOutput]:
         wanted = set(ids)
         done: dict[str, RequestOutput] = {}
-        while self.engine.has_unfinished_requests():
-            for output in self.engine.step():
-                if output.finished and output.request_id in wanted:
-                    done[output.request_id] = output
-        self._drain()
+        with frozen_heap():
+            while self.engine.has_unfinished_requests():
+                for output in self.engine.step():
+                    if output.finished and output.request_id in wanted:
+                        done[output.request_id] = output
+            self._drain()
         return [done[i] for i in ids]
 
     def _drain(self) -> None:
