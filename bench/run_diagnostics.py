@@ -49,9 +49,12 @@ class GcPauses:
     count: dict[int, int] = field(default_factory=dict)
     seconds: dict[int, float] = field(default_factory=dict)
     longest_s: float = 0.0
+    full_pass_at_s: list[float] = field(default_factory=list)  # since __enter__
+    _entered: float = 0.0
     _began: float = 0.0
 
     def __enter__(self) -> Self:
+        self._entered = time.perf_counter()
         gc.callbacks.append(self._callback)
         return self
 
@@ -67,8 +70,11 @@ class GcPauses:
         self.count[generation] = self.count.get(generation, 0) + 1
         self.seconds[generation] = self.seconds.get(generation, 0.0) + took
         self.longest_s = max(self.longest_s, took)
+        if generation == 2:
+            self.full_pass_at_s.append(self._began - self._entered)
 
     def summary(self) -> dict[str, Any]:
         return {"gc_collections": {str(g): n for g, n in sorted(self.count.items())},
                 "gc_ms": {str(g): round(s * 1e3, 1) for g, s in sorted(self.seconds.items())},
-                "gc_longest_ms": round(self.longest_s * 1e3, 2)}
+                "gc_longest_ms": round(self.longest_s * 1e3, 2),
+                "gc_full_pass_at_s": [round(t, 2) for t in self.full_pass_at_s]}

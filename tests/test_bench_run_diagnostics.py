@@ -13,6 +13,7 @@ def test_gc_pauses_counts_a_full_collection() -> None:
     summary = pauses.summary()
     assert summary["gc_collections"]["2"] >= 1
     assert summary["gc_ms"]["2"] >= 0.0
+    assert len(summary["gc_full_pass_at_s"]) == summary["gc_collections"]["2"]
     assert pauses.longest_s >= 0.0
     gc.collect()
     assert pauses.count.get(2) == summary["gc_collections"]["2"]  # removed on exit
