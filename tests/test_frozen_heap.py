@@ -51,7 +51,7 @@ def test_generate_runs_frozen_and_unfreezes(tiny_checkpoints) -> None:
     llm = LLM(str(tiny_checkpoints["llama"]), dtype="float32", num_kv_blocks=64, max_model_len=64)
     seen: list[int] = []
     step = llm.engine.step
-    llm.engine.step = lambda: (seen.append(gc.get_freeze_count()), step())[1]
+    llm.engine.step = lambda **kw: (seen.append(gc.get_freeze_count()), step(**kw))[1]
     llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=3))
     assert seen and all(count > 1000 for count in seen)
     assert gc.get_freeze_count() == 0

@@ -177,8 +177,13 @@ class LLMEngine:
 
     # -- the loop ----------------------------------------------------------------
 
-    def step(self) -> list[RequestOutput]:
-        """Run one iteration; returns a snapshot of every request that changed."""
+    def step(self, final_only: bool = False) -> list[RequestOutput]:
+        """Run one iteration; returns a snapshot of every request that changed.
+
+        ``final_only`` returns only the requests that finished: a caller that
+        waits for whole results (offline ``LLM.generate``) then skips copying
+        every running request's tokens so far on every step.
+        """
         previous, self._in_flight = self._in_flight, None
         if previous is not None and _needs_token_history(previous):
             # Penalties and min_tokens read the tokens so far on the host: let them land first.
@@ -195,6 +200,8 @@ class LLMEngine:
                 self._collect(launched)
         outputs = []
         for parent in self.outputs.pop_changed():
+            if final_only and not parent.finished:
+                continue
             first = self._children[parent.request_id][0]
             outputs.append(self.outputs.snapshot(parent, first.num_cached_tokens))
             if parent.finished:

@@ -92,7 +92,7 @@ class LLM:
         wanted = set(ids)
         done: dict[str, RequestOutput] = {}
         while self.engine.has_unfinished_requests():
-            for output in self.engine.step():
+            for output in self.engine.step(final_only=True):
                 if output.finished and output.request_id in wanted:
                     done[output.request_id] = output
         self._drain()
