@@ -28,6 +28,7 @@ import triton.testing
 from bench.common import emit
 from bench.real_shapes import write_model_folder
 from kernels.triton import skinny_linear
+from services.engine import graph_blas
 from services.engine.batch_inputs import build_batch_inputs
 from services.engine.config import EngineConfig
 from services.engine.engine import LLMEngine
@@ -132,9 +133,13 @@ def main() -> None:
                         help="torch's preferred BLAS library for the GEMMs (default: torch's choice)")
     parser.add_argument("--skinny-max-rows", type=int, default=None,
                         help="rows up to which linears use the skinny Triton kernel (0: cuBLAS only)")
+    parser.add_argument("--cublaslt-max-rows", type=int, default=None,
+                        help="graph sizes up to which decode graphs capture cuBLASLt GEMMs (0: never)")
     args = parser.parse_args()
     if args.skinny_max_rows is not None:
         skinny_linear.MAX_ROWS = args.skinny_max_rows
+    if args.cublaslt_max_rows is not None:
+        graph_blas.CUBLASLT_MAX_ROWS = args.cublaslt_max_rows
     if args.blas:
         torch.backends.cuda.preferred_blas_library(args.blas)
     folder = write_model_folder(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
@@ -166,7 +171,7 @@ def main() -> None:
              eager_ratio_to_roofline=round(t["eager_ms"] / roofline_ms, 3),
              copy_bandwidth_gb_s=round(bandwidth / 1e9, 1), kernels=engine.runner.kernel_backend,
              cuda_graphs=t["cuda_graphs"], blas=str(torch.backends.cuda.preferred_blas_library()),
-             skinny_max_rows=skinny_linear.MAX_ROWS, **capture)
+             skinny_max_rows=skinny_linear.MAX_ROWS, cublaslt_max_rows=graph_blas.CUBLASLT_MAX_ROWS, **capture)
 
 
 if __name__ == "__main__":

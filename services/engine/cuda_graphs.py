@@ -40,6 +40,7 @@ from services.engine.decode_inputs import (
     pick_graph_size,
     step_blocks,
 )
+from services.engine.graph_blas import graph_blas_library, preferred_blas
 from services.engine.host_staging import HostStaging
 from services.engine.models.decoder import DecoderLM, DecoderShape, KVCache
 from services.engine.scheduler import ScheduledChunk
@@ -119,13 +120,14 @@ class DecodeGraphs:
         free_before = torch.cuda.mem_get_info(self.device)[0]
         pool = torch.cuda.graph_pool_handle()
         for size in sorted(self.sizes, reverse=True):
-            # The eager run compiles this size's Triton variants and lets cuBLAS
-            # pick its kernels, neither of which may happen inside a capture.
-            self._forward(size)
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                self._outputs[size] = self._forward(size)
+            with preferred_blas(graph_blas_library(size)):
+                # The eager run compiles this size's Triton variants and lets cuBLAS
+                # pick its kernels, neither of which may happen inside a capture.
+                self._forward(size)
+                torch.cuda.synchronize(self.device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                    self._outputs[size] = self._forward(size)
             self._graphs[size] = graph
         torch.cuda.synchronize(self.device)
         self.capture_bytes = free_before - torch.cuda.mem_get_info(self.device)[0]
