@@ -3,11 +3,12 @@
 torch sends each GEMM to cuBLAS or cuBLASLt by one process-wide preference,
 read when the GEMM is launched, so a CUDA graph keeps the kernels of the
 library that was preferred while it was captured. On an H200 at Llama-8B
-widths (bench/RESULTS.md), cuBLASLt's kernels made a 64-row decode step 3%
-faster than cuBLAS's (6.87 against 7.08 ms), tied at 384 rows, and were 0.5%
-slower at 256. Prompt steps were 1.3% slower with it, so it is preferred only
-while capturing the graphs in between: above the rows the skinny Triton
-kernel takes, up to ``CUBLASLT_MAX_ROWS``. Eager steps keep torch's default.
+widths, 1k context (bench/RESULTS.md, ``bench.decode_step --cublaslt-max-rows``),
+cuBLASLt's kernels made decode steps 3.2-3.6% faster at 48-64 rows, 2.6% at
+96, 0.4-1.1% at 128-192, and 0.4% slower at 256; prompt steps were 1.3%
+slower with it. So it is preferred only while capturing the graphs above the
+rows the skinny Triton kernel takes, up to ``CUBLASLT_MAX_ROWS``; eager steps
+keep torch's default.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from kernels.triton import skinny_linear
 
-CUBLASLT_MAX_ROWS = 128
+CUBLASLT_MAX_ROWS = 192
 
 
 def graph_blas_library(rows: int) -> str | None:
