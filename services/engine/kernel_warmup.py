@@ -18,8 +18,10 @@ The LM head is the other shape a step chooses: its GEMM has one row per
 sampling sequence, any count up to ``max_num_seqs``, and cuBLAS picks a
 kernel by that count. CUDA loads a kernel's module the first time it runs
 (torch's default lazy loading), so a step meeting a new row count can wait on
-that load. One LM-head product per row count at start costs a fraction of a
-second on a GPU and takes those loads out of serving.
+that load. On the GPU bench, prompt steps mixing in a growing number of
+decodes held the host 73-116 ms each in cuBLAS calls before this warm-up and
+23-28 ms after (bench/RESULTS.md; the loading is inferred, not traced). One
+LM-head product per row count at start costs a fraction of a second on a GPU.
 """
 
 from __future__ import annotations
