@@ -12,10 +12,14 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from services.engine.config import EngineConfig
+from services.kvstore.metrics import kvstore_metrics_registry
 from services.kvstore.server import serve_kvstore
 from services.router.admission import AdmissionLimits
 from services.router.server import RouterSettings, RunningRouter, start_router
+from services.worker.metrics import worker_metrics_registry
 from services.worker.server import RunningWorker, WorkerConfig, start_worker
 
 logger = logging.getLogger(__name__)
@@ -33,6 +37,12 @@ class EmbeddedMesh:
     @property
     def address(self) -> str:
         return self.router.address
+
+    def metrics_registries(self) -> tuple[CollectorRegistry, ...]:
+        """The router's, the workers' and the kvstore's metrics, for the gateway's one ``/metrics``."""
+        workers = [self.prefill.worker] if self.prefill is self.decode else [self.prefill.worker, self.decode.worker]
+        return (self.router.router.metrics.registry, worker_metrics_registry(workers),
+                kvstore_metrics_registry(self.kvstore.registry))
 
     def stop(self) -> None:
         self.router.stop()

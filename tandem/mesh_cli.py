@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 
+from services.stats_metrics import listen_host, serve_metrics
 from tandem import serving_cli
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,14 @@ def add_worker_parser(commands: argparse._SubParsersAction, name: str, add_engin
     parser.add_argument("--served-model-name", default=env_default("served_model_name", "default"))
     if role is None:
         parser.add_argument("--role", default=env_default("role", "both"), choices=["prefill", "decode", "both"])
+    add_metrics_port_arg(parser)
     parser.set_defaults(handler=run_worker, fixed_role=role)
+
+
+def add_metrics_port_arg(parser: argparse.ArgumentParser) -> None:
+    metrics_port = env_default("metrics_port")
+    parser.add_argument("--metrics-port", type=int, default=int(metrics_port) if metrics_port else None,
+                        help="serve Prometheus metrics on this port (0 picks one), on --listen's host")
 
 
 def run_worker(args: argparse.Namespace, engine_kwargs: dict) -> int:
@@ -59,6 +67,10 @@ def run_worker(args: argparse.Namespace, engine_kwargs: dict) -> int:
         config.worker_id = args.worker_id
     worker = start_worker(config)
     print(f"tandem {config.role} worker {config.worker_id} listening on {worker.address}", flush=True)
+    if args.metrics_port is not None:
+        from services.worker.metrics import worker_metrics_registry
+
+        serve_metrics(listen_host(args.listen), args.metrics_port, worker_metrics_registry([worker.worker]))
     wait_for_signal()
     worker.stop()
     return 0
@@ -97,7 +109,7 @@ def run_router(args: argparse.Namespace, engine_kwargs: dict) -> int:
     if args.http_port is not None:
         gateway = serving_cli.start_http(args, router.address, router.servicer.tokenizer, (registry,))
     elif args.metrics_port is not None:
-        serving_cli.start_metrics_server(args.host, args.metrics_port, registry)
+        serve_metrics(args.host, args.metrics_port, registry)
     wait_for_signal()
     if gateway is not None:
         gateway.stop()
@@ -168,9 +180,7 @@ def run_serve(args: argparse.Namespace, engine_kwargs: dict) -> int:
         admission=serving_cli.admission_limits(args), colocated=args.colocated,
     )
     print(f"tandem router listening on {mesh.address}", flush=True)
-    gateway = serving_cli.start_http(
-        args, mesh.address, mesh.router.servicer.tokenizer, (mesh.router.router.metrics.registry,)
-    )
+    gateway = serving_cli.start_http(args, mesh.address, mesh.router.servicer.tokenizer, mesh.metrics_registries())
     wait_for_signal()
     gateway.stop()
     mesh.stop()

@@ -82,13 +82,6 @@ def start_http(args: argparse.Namespace, router_address: str, tokenizer: PreTrai
     return gateway
 
 
-def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> None:
-    """Prometheus text on http://HOST:PORT/metrics, for a router without the HTTP API."""
-    from prometheus_client import start_http_server
-
-    server, _ = start_http_server(port, addr=host, registry=registry)
-    bound = server.server_address[1]
-    print(f"tandem metrics listening on http://{host}:{bound}/metrics", flush=True)
 
 
 def add_gateway_parser(commands: argparse._SubParsersAction) -> None:

@@ -18,7 +18,9 @@ import time
 from collections.abc import Sequence
 
 from services.kvstore.errors import KvStoreError
+from services.kvstore.metrics import kvstore_metrics_registry
 from services.kvstore.server import DEFAULT_REDIS_PREFIX, serve_kvstore
+from services.stats_metrics import listen_host, serve_metrics
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_CAPACITY = "4GiB"
@@ -60,6 +62,10 @@ def add_kvstore_arguments(parser: argparse.ArgumentParser) -> None:
                         "(env TANDEM_KVSTORE_REPLICA_ID)")
     parser.add_argument("--lease-ttl-ms", type=int, default=int(_env("TANDEM_KVSTORE_LEASE_TTL_MS", "30000")),
                         help="lease time when a client asks for 0 (env TANDEM_KVSTORE_LEASE_TTL_MS)")
+    metrics_port = _env("TANDEM_METRICS_PORT", None)
+    parser.add_argument("--metrics-port", type=int, default=int(metrics_port) if metrics_port else None,
+                        help="serve Prometheus metrics on this port (0 picks one), on --listen's host "
+                        "(env TANDEM_METRICS_PORT)")
 
 
 def redis_prefix_of(args: argparse.Namespace) -> str:
@@ -89,6 +95,8 @@ def run_kvstore(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     print(f"kvstore listening on {server.address} (replica {server.replica_id})", flush=True)
+    if args.metrics_port is not None:
+        serve_metrics(listen_host(args.listen), args.metrics_port, kvstore_metrics_registry(server.registry))
     while not stop_signals:
         time.sleep(0.1)
     server.stop()
