@@ -35,6 +35,9 @@ def add_worker_parser(commands: argparse._SubParsersAction, name: str, add_engin
     parser = commands.add_parser(name, help=f"run a {role or 'prefill/decode'} worker")
     add_engine_args(parser)
     parser.add_argument("--listen", default=env_default("listen", "127.0.0.1:0"))
+    parser.add_argument("--advertise", default=env_default("advertise"),
+                        help="host:port routers dial to reach this worker (default: the bound address; "
+                             "a 0.0.0.0 host becomes this host's name)")
     parser.add_argument("--kvstore", default=env_default("kvstore"), help="kvstore address (host:port)")
     parser.add_argument("--kv-transport", default=env_default("kv_transport", "auto"), choices=["auto", "grpc", "shm"])
     parser.add_argument("--worker-id", default=env_default("worker_id"))
@@ -62,6 +65,7 @@ def run_worker(args: argparse.Namespace, engine_kwargs: dict) -> int:
         kv_transport=args.kv_transport,
         served_model_name=args.served_model_name,
         engine=EngineConfig(model=args.model, **engine_kwargs),
+        advertise=args.advertise,
     )
     if args.worker_id:
         config.worker_id = args.worker_id

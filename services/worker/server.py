@@ -9,6 +9,7 @@ before it ever takes a request.
 from __future__ import annotations
 
 import logging
+import socket
 import uuid
 from dataclasses import dataclass, field
 
@@ -38,6 +39,9 @@ class WorkerConfig:
     served_model_name: str = "default"
     worker_id: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:8]}")
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # host:port routers dial, registered with the kvstore; None: the bound
+    # address, with a wildcard host (0.0.0.0, ::) replaced by this host's name.
+    advertise: str | None = None
 
 
 @dataclass
@@ -54,6 +58,14 @@ class RunningWorker:
         self.server.stop()
         self.worker.engine.shutdown()
         self.worker.close()
+
+
+def advertised_address(bound: str) -> str:
+    """``bound`` as other hosts can dial it: a wildcard host means "every interface", never a place."""
+    host, _, port = bound.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        return f"{socket.getfqdn()}:{port}"
+    return bound
 
 
 def model_identity(engine: LLMEngine, served_model_name: str) -> ModelIdentity:
@@ -89,7 +101,7 @@ def start_worker(config: WorkerConfig) -> RunningWorker:
             kvstore.register(
                 worker_id=config.worker_id,
                 role=config.role,
-                address=server.address,
+                address=config.advertise or advertised_address(server.address),
                 identity=model_identity(engine, config.served_model_name),
             )
         except Exception:
