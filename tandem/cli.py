@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from services.common.tracing import configure_tracing
 from services.engine.errors import TandemError
 from tandem import mesh_cli, serving_cli
 from tandem.mesh_cli import env_default as _env
@@ -132,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.handler is not _kvstore:  # the kvstore's own main configures its tracing
+            configure_tracing(f"tandem-{args.command}")
         if args.handler is _generate or args.handler is _kvstore:
             return args.handler(args)
         return args.handler(args, _engine_kwargs(args) if hasattr(args, "dtype") else {})

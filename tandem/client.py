@@ -26,7 +26,8 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.grpc_server import GRPC_OPTIONS
+from services.common.grpc_server import GRPC_OPTIONS, channel
+from services.common.tracing import aio_client_interceptors
 from services.engine.sampling_params import SamplingParams
 from tandem._proto.tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tandem.client_types import (
@@ -56,7 +57,7 @@ class TandemClient:
     def __init__(self, address: str, timeout: float | None = None) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        self._channel = channel(address)
         self._router = router_pb2_grpc.RouterStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -124,7 +125,8 @@ class AsyncTandemClient:
     def __init__(self, address: str, timeout: float | None = None) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS,
+                                                  interceptors=aio_client_interceptors())
         self._router = router_pb2_grpc.RouterStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

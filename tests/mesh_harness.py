@@ -54,12 +54,13 @@ def service_env() -> dict[str, str]:
     return env
 
 
-def start_service(name: str, args: list[str], log_dir: Path, expect_failure: bool = False) -> ServiceProcess:
-    """Run ``python -m tandem.cli ARGS`` and wait for its "listening on HOST:PORT" line."""
+def start_service(name: str, args: list[str], log_dir: Path, expect_failure: bool = False,
+                  env: dict[str, str] | None = None) -> ServiceProcess:
+    """Run ``python -m tandem.cli ARGS`` (``env`` added to its environment) and wait for its "listening on" line."""
     log = log_dir / f"{name}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tandem.cli", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=service_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**service_env(), **(env or {})},
     )
     lines: list[str] = []
     found: list[str] = []

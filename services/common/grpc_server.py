@@ -11,6 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.tracing import ServerTracing, traced_channel
+
 # Large enough for a few KV blocks of a 70B model in one message.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 GRPC_OPTIONS = [
@@ -53,7 +55,8 @@ class RunningServer:
 def start_grpc_server(listen: str, services: Sequence[ServiceBinding],
                       max_workers: int = STREAMING_MAX_WORKERS) -> RunningServer:
     """Bind ``listen`` (``host:port``, port 0 picks a free one) and start serving."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS,
+                         interceptors=[ServerTracing()])
     for binding in services:
         binding.add(binding.servicer, server)
     health_servicer = health.HealthServicer()
@@ -71,4 +74,5 @@ def start_grpc_server(listen: str, services: Sequence[ServiceBinding],
 
 
 def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=GRPC_OPTIONS)
+    """A channel to another tandem service; calls on it carry the current trace context."""
+    return traced_channel(grpc.insecure_channel(address, options=GRPC_OPTIONS))

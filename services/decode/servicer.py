@@ -26,6 +26,7 @@ from services.common.convert import (
     sample_logprobs_from_proto,
     sampling_from_proto,
 )
+from services.common.tracing import annotate
 from services.engine.async_engine import RequestStream
 from services.engine.errors import InvalidRequestError
 from services.engine.outputs import RequestOutput
@@ -115,6 +116,7 @@ class DecodeServicer(worker_pb2_grpc.DecodeWorkerServicer):
     def Decode(self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext) -> Iterator[worker_pb2.TokenDelta]:
         engine = self.worker.engine
         prompt = list(request.prompt_token_ids)
+        annotate(request_id=request.request_id, worker_id=self.worker.worker_id, prompt_tokens=len(prompt))
         presampled = [request.first_token_id] if request.HasField("first_token_id") else []
         try:
             params = sampling_from_proto(request.sampling)

@@ -13,9 +13,12 @@ import logging
 import time
 import traceback
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.tracing import tracer
 from services.gateway.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,11 @@ class RequestObserver:
                 status.append(message["status"])
             await send(message)
 
+        path = scope["path"]
+        endpoint = path if path in KNOWN_ENDPOINTS else "other"
+        # The request's root span: the router call made while serving it carries its context.
+        span = tracer.start_span(f"{scope['method']} {endpoint}", kind=trace.SpanKind.SERVER)
+        token = otel_context.attach(trace.set_span_in_context(span))
         try:
             await self.app(scope, receive, observed_send)
         except Exception as exc:  # noqa: BLE001 -- the last line of defence: answer, log, go on
@@ -64,9 +72,10 @@ class RequestObserver:
                 response = ApiError(500, "internal server error", "server_error", code="internal_error").response()
                 await response(scope, receive, observed_send)
         finally:
-            path = scope["path"]
-            endpoint = path if path in KNOWN_ENDPOINTS else "other"
             # No status at all: the client left before the response started.
             code = str(status[0]) if status else "499"
+            span.set_attribute("http.response.status_code", int(code))
+            span.end()
+            otel_context.detach(token)
             self.metrics.http_requests.labels(endpoint, code).inc()
             self.metrics.http_request_duration.labels(endpoint).observe(time.monotonic() - started)

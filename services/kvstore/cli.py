@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from services.common.tracing import configure_tracing
 from services.kvstore.errors import KvStoreError
 from services.kvstore.metrics import kvstore_metrics_registry
 from services.kvstore.server import DEFAULT_REDIS_PREFIX, serve_kvstore
@@ -112,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Set the level even when a caller (the tandem CLI) configured logging already.
     logging.getLogger().setLevel(args.log_level.upper())
     try:
+        configure_tracing("tandem-kvstore")
         return run_kvstore(args)
     except (KvStoreError, OSError, ValueError) as exc:
         print(f"tandem kvstore: error: {exc}", file=sys.stderr)

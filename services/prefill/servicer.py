@@ -17,6 +17,7 @@ import logging
 import grpc
 
 from services.common.convert import FINISH_REASONS, position_logprobs_to_proto, sampling_from_proto
+from services.common.tracing import annotate
 from services.engine.errors import InvalidRequestError
 from services.worker.engine_worker import EngineWorker
 from services.worker.load import worker_load
@@ -31,6 +32,8 @@ class PrefillServicer(worker_pb2_grpc.PrefillWorkerServicer):
 
     def Prefill(self, request: worker_pb2.PrefillRequest, context: grpc.ServicerContext) -> worker_pb2.PrefillResponse:
         engine = self.worker.engine
+        annotate(request_id=request.request_id, worker_id=self.worker.worker_id,
+                 prompt_tokens=len(request.prompt_token_ids))
         try:
             params = sampling_from_proto(request.sampling)
             # Only the first token is sampled here; the decode worker applies the

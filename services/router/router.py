@@ -36,6 +36,7 @@ import grpc
 
 from services.common.convert import sampling_to_proto
 from services.common.deltas import coalesce_deltas, drain
+from services.common.tracing import annotate, in_context
 from services.engine.block_hash import BlockHash, hash_full_blocks, root_block_hash
 from services.engine.sampling_params import SamplingParams
 from services.kvstore.errors import KvStoreError
@@ -109,6 +110,7 @@ class Router:
     ) -> Iterator[router_pb2.GenerateResponse]:
         """Stream the request's responses; ``arrival`` (monotonic) is when the call reached the router."""
         calls = [SampleCall(f"{request_id}.{i}" if params.n > 1 else request_id) for i in range(params.n)]
+        annotate(request_id=request_id, prompt_tokens=len(prompt_ids), n=params.n)
         tracker = self._admit(prompt_ids, time.monotonic() if arrival is None else arrival)
         with self._lock:
             if request_id in self._active:
@@ -155,7 +157,8 @@ class Router:
             seed = None if params.seed is None else params.seed + index
             sample_params = dataclasses.replace(params, n=1, seed=seed)
             threading.Thread(
-                target=self._run_sample, args=(index, call, prompt_ids, sample_params, results), daemon=True
+                target=in_context(self._run_sample), args=(index, call, prompt_ids, sample_params, results),
+                daemon=True,
             ).start()
         remaining = len(calls)
         while remaining:

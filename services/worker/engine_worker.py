@@ -21,6 +21,9 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from opentelemetry import context as otel_context
+
+from services.common.tracing import tracer
 from services.engine.async_engine import AsyncEngine
 from services.engine.block_hash import BlockHash
 from services.engine.kv_transfer import ExportedBlock
@@ -50,7 +53,9 @@ class EngineWorker:
         self.kvstore = kvstore
         self.blocks = engine.engine.blocks
         self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{worker_id}-publish")
-        self._publishing: set[str] = set()  # child request ids whose blocks are published
+        # Child request ids whose blocks are published, with the trace context
+        # of the call that asked, so the uploads show up in that request's trace.
+        self._publishing: dict[str, otel_context.Context] = {}
         self._pending: dict[str, list[Future[None]]] = defaultdict(list)
         self._lock = threading.Lock()
         self.counters = defaultdict(int)
@@ -106,7 +111,7 @@ class EngineWorker:
 
     def publish(self, child_request_id: str) -> None:
         with self._lock:
-            self._publishing.add(child_request_id)
+            self._publishing[child_request_id] = otel_context.get_current()
 
     def wait_published(self, child_request_id: str, timeout: float = 60.0) -> int:
         """Block until the request's puts are done; returns how many failed.
@@ -115,7 +120,7 @@ class EngineWorker:
         block missing and recomputes it.
         """
         with self._lock:
-            self._publishing.discard(child_request_id)
+            self._publishing.pop(child_request_id, None)
             pending = self._pending.pop(child_request_id, [])
         done, not_done = wait(pending, timeout=timeout)
         failed = len(not_done) + sum(1 for f in done if f.exception() is not None)
@@ -128,23 +133,25 @@ class EngineWorker:
         if self.kvstore is None:
             return
         with self._lock:
-            ids = set(self._publishing)
-        if not ids:
+            contexts = dict(self._publishing)
+        if not contexts:
             return
         by_request: dict[str, list[ExportedBlock]] = defaultdict(list)
-        for block in self.blocks.computed_in(step, ids):
+        for block in self.blocks.computed_in(step, set(contexts)):
             by_request[block.request_id].append(block)
         for request_id, blocks in by_request.items():
-            future = self._publisher.submit(self._put, blocks)
+            future = self._publisher.submit(self._put, blocks, contexts[request_id])
             with self._lock:
                 self._pending[request_id].append(future)
 
-    def _put(self, blocks: list[ExportedBlock]) -> None:
+    def _put(self, blocks: list[ExportedBlock], parent: otel_context.Context) -> None:
         assert self.kvstore is not None
         layout = self.blocks.layout
-        self.kvstore.put_blocks(
-            [BlockPayload(b.block_hash, b.parent_hash or b"", layout, b.payload) for b in blocks]
-        )
+        with tracer.start_as_current_span("publish_blocks", context=parent) as span:
+            span.set_attribute("tandem.blocks", len(blocks))
+            self.kvstore.put_blocks(
+                [BlockPayload(b.block_hash, b.parent_hash or b"", layout, b.payload) for b in blocks]
+            )
         self.counters["published_blocks"] += len(blocks)
 
     def close(self) -> None:
