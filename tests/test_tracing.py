@@ -125,9 +125,9 @@ def test_an_http_request_is_the_root_of_its_trace(spans, mesh) -> None:
 
 
 def test_configured_console_export_names_the_service(tmp_path) -> None:
-    from tests.mesh_harness import start_service
-    from tandem._proto.tandem.v1 import kvstore_pb2, kvstore_pb2_grpc
     from services.common.grpc_server import channel
+    from tandem._proto.tandem.v1 import kvstore_pb2, kvstore_pb2_grpc
+    from tests.mesh_harness import start_service
 
     env_process = start_service("kvstore-traced", ["kvstore", "--listen", "127.0.0.1:0"], tmp_path,
                                 env={"TANDEM_TRACE_EXPORTER": "console"})
