@@ -78,3 +78,46 @@ def listen_host(listen: str) -> str:
     """The host part of a ``host:port`` listen address (IPv6 brackets dropped)."""
     host = listen.rsplit(":", 1)[0]
     return host.strip("[]") or "0.0.0.0"
+
+
+class RemoteMetrics(Collector):
+    """Other processes' ``/metrics``, fetched at scrape time and merged family by family.
+
+    ``tandem serve --processes`` runs each service in its own process; its
+    gateway's ``/metrics`` shows theirs through this. Families of one name from
+    several processes (two workers' ``tandem:worker_*``) become one family, as
+    Prometheus needs; a process that does not answer within ``timeout_s`` is
+    left out of that scrape.
+    """
+
+    def __init__(self, urls: Sequence[str], timeout_s: float = 2.0) -> None:
+        self.urls = list(urls)
+        self.timeout_s = timeout_s
+
+    def collect(self) -> Iterator[Metric]:
+        import urllib.error
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        merged: dict[str, Metric] = {}
+        for url in self.urls:
+            try:
+                with opener.open(url, timeout=self.timeout_s) as response:
+                    text = response.read().decode()
+            except (urllib.error.URLError, OSError):
+                continue
+            for family in text_string_to_metric_families(text):
+                into = merged.get(family.name)
+                if into is None:
+                    merged[family.name] = family
+                else:
+                    into.samples.extend(family.samples)
+        yield from merged.values()
+
+
+def remote_metrics_registry(urls: Sequence[str]) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(RemoteMetrics(urls))
+    return registry

@@ -32,6 +32,7 @@ START_TIMEOUT_S = 600.0  # a big checkpoint on a GPU: weights, KV pool, CUDA gra
 HEALTH_TIMEOUT_S = 30.0  # how long the embedded mesh waits for a decode worker, too
 STOP_GRACE_S = 10.0
 LISTENING = re.compile(r"listening on (\S+)")
+METRICS_LISTENING = re.compile(r"metrics listening on (http://\S+/metrics)")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # Fallbacks of flags that only a child has and that ``tandem serve`` cannot spell out as "off": set
 # for the launcher they would, say, open a second HTTP port in the router or point the kvstore at
@@ -75,6 +76,8 @@ class Child:
     ready: threading.Event = field(default_factory=threading.Event)
     address: str | None = None
     reader: threading.Thread | None = None
+    metrics_url: str | None = None  # its Prometheus endpoint, when started with --metrics-port
+    metrics_ready: threading.Event = field(default_factory=threading.Event)
 
     def exit_text(self) -> str:
         code = self.proc.returncode
@@ -124,8 +127,11 @@ class Children:
         self._log_lock = threading.Lock()
 
     def start(self, name: str, argv: list[str], timeout: float = START_TIMEOUT_S,
-              extra_env: dict[str, str] | None = None) -> str:
-        """Run ``argv`` and return the address of its "listening on" line; raises ChildExited."""
+              extra_env: dict[str, str] | None = None, metrics: bool = False) -> str:
+        """Run ``argv`` and return the address of its "listening on" line; raises ChildExited.
+
+        ``metrics``: also wait for its "metrics listening on" line (``Child.metrics_url``).
+        """
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             encoding="utf-8", errors="replace", env={**self.env, **(extra_env or {})},
@@ -138,7 +144,7 @@ class Children:
         child.reader = threading.Thread(target=self._pump, args=(child,), name=f"{name}-output", daemon=True)
         child.reader.start()
         deadline = time.monotonic() + timeout
-        while not child.ready.wait(0.1):
+        while not child.ready.wait(0.1) or (metrics and not child.metrics_ready.is_set()):
             self.check()
             if time.monotonic() > deadline:
                 raise ChildExited(f"{name} (pid {proc.pid}) printed no 'listening on' line within {timeout:g} s")
@@ -149,6 +155,11 @@ class Children:
         assert child.proc.stdout is not None
         for line in child.proc.stdout:
             line = line.rstrip("\n")
+            metrics = METRICS_LISTENING.search(line)
+            if metrics:
+                child.metrics_url = metrics.group(1)
+                child.metrics_ready.set()
+                continue
             match = None if child.ready.is_set() else LISTENING.search(line)
             if match:
                 # Not forwarded: the launcher reports readiness itself, and whoever waits for
@@ -232,8 +243,8 @@ def _start_mesh(children: Children, plan: MeshPlan) -> None:
     names = [flag for name in plan.served_names for flag in ("--served-model-name", name)]
     kvstore = children.start("kvstore", [
         sys.executable, "-m", "tandem.cli", "kvstore", "--listen", "127.0.0.1:0",
-        "--capacity-bytes", str(plan.kvstore_capacity_bytes), "--log-level", plan.log_level,
-    ])
+        "--capacity-bytes", str(plan.kvstore_capacity_bytes), "--log-level", plan.log_level, "--metrics-port", "0",
+    ], metrics=True)
     children.note(f"tandem serve: kvstore ready at {kvstore}")
     # As services/embedded_mesh.py, one after the other: a worker sizes its KV pool from the memory
     # free when it starts, and two measuring at once would both count the same memory.
@@ -242,17 +253,21 @@ def _start_mesh(children: Children, plan: MeshPlan) -> None:
     for command, role, worker_id in workers:
         address = children.start(command, _cli(
             plan, command, *plan.engine_argv, "--kvstore", kvstore, "--listen", "127.0.0.1:0",
-            "--worker-id", worker_id, "--served-model-name", plan.served_names[0], "--kv-transport", "auto", *role))
+            "--worker-id", worker_id, "--served-model-name", plan.served_names[0], "--kv-transport", "auto", *role,
+            "--metrics-port", "0"), metrics=True)
         children.note(f"tandem serve: {worker_id} ready at {address}")
     # One worker in both roles already holds every prompt's KV: a prefill hop would only copy it.
     disagg = sys.maxsize if plan.colocated else plan.disagg_min_tokens
     max_len = ["--max-model-len", str(plan.max_model_len)] if plan.max_model_len else []
     router = children.start("router", _cli(
         plan, "router", *model, "--kvstore", kvstore, "--listen", plan.router_listen, *names, *max_len,
-        "--disagg-min-tokens", str(disagg), *plan.admission_argv))
+        "--disagg-min-tokens", str(disagg), *plan.admission_argv, "--metrics-port", "0"), metrics=True)
     print(f"tandem router listening on {router}", flush=True)
+    # The gateway's /metrics merges every other child's, as the embedded mesh's does.
+    metrics_from = [flag for c in children.children if c.metrics_url for flag in ("--metrics-from", c.metrics_url)]
     url = children.start("gateway", _cli(
-        plan, "gateway", "--router", router, *model, "--host", plan.host, "--port", str(plan.port), *names),
+        plan, "gateway", "--router", router, *model, "--host", plan.host, "--port", str(plan.port), *names,
+        *metrics_from),
         extra_env={"TANDEM_API_KEY": plan.api_key} if plan.api_key else None)
     if not _wait_healthy(children, url):
         children.note(f"tandem serve: no decode worker healthy after {HEALTH_TIMEOUT_S:g} s; serving anyway")

@@ -92,13 +92,17 @@ def add_gateway_parser(commands: argparse._SubParsersAction) -> None:
                         help="the router's checkpoint, for its tokenizer (default model if unset)")
     add_http_args(parser, "--port", 8000)
     add_served_name_arg(parser)
+    parser.add_argument("--metrics-from", action="append", default=[], metavar="URL",
+                        help="another process's /metrics URL to merge into this /metrics (repeatable)")
     parser.set_defaults(handler=run_gateway)
 
 
 def run_gateway(args: argparse.Namespace, engine_kwargs: dict) -> int:
+    from services.stats_metrics import remote_metrics_registry
     from tandem.mesh_cli import wait_for_signal
 
-    gateway = start_http(args, args.router)
+    registries = (remote_metrics_registry(args.metrics_from),) if args.metrics_from else ()
+    gateway = start_http(args, args.router, registries=registries)
     wait_for_signal()
     gateway.stop()
     return 0

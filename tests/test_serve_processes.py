@@ -26,7 +26,7 @@ import pytest
 from tandem import LLM, SamplingParams
 from tandem.process_mesh import ChildExited, Children
 from tests.fixtures.hf_oracle import hf_greedy
-from tests.gateway_harness import API_KEY, ENGINE_FLAGS, MAX_MODEL_LEN, MODEL, start_serve
+from tests.gateway_harness import API_KEY, ENGINE_FLAGS, MAX_MODEL_LEN, MODEL, parse_metrics, start_serve
 from tests.mesh_harness import service_env, start_service, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -99,6 +99,11 @@ def test_colocated_processes_answer_greedy_and_stop_on_sigterm(tiny_llama, marke
         assert any(f"--disagg-min-tokens {sys.maxsize}" in cmdline(p) for p in children)
         assert all(API_KEY not in cmdline(p) for p in children)  # the key travels by environment
         _greedy_over_http(url, tiny_llama)
+        # The gateway's /metrics merges every other process's: router, worker and kvstore.
+        samples = parse_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
+        assert samples[("tandem:generation_tokens_total", ())] >= 8
+        assert samples[("tandem:worker_num_total_kv_blocks", (("worker_id", "worker-0"),))] == 512
+        assert any(name == "tandem:kvstore_capacity_bytes" for name, _ in samples)
         process.proc.send_signal(signal.SIGTERM)
         assert process.proc.wait(30) == 0
         assert wait_until(lambda: not marked(marker), timeout=5), [cmdline(p) for p in marked(marker)]

@@ -77,3 +77,22 @@ def test_worker_process_serves_metrics_on_its_port(tiny_checkpoints, tmp_path: P
         assert samples[("tandem:worker_num_running", (("worker_id", "w-7"),))] == 0
     finally:
         process.stop()
+
+
+def test_remote_metrics_merge_families_of_several_processes() -> None:
+    from services.stats_metrics import remote_metrics_registry, serve_metrics
+
+    ports = []
+    for worker_id, running in (("a", 1), ("b", 2)):
+        load = common_pb2.WorkerLoad(worker_id=worker_id, num_running=running)
+        registry = stats_registry("worker", lambda load=load: [load], counters=WORKER_COUNTERS, label="worker_id")
+        ports.append(serve_metrics("127.0.0.1", 0, registry))
+    urls = [f"http://127.0.0.1:{port}/metrics" for port in ports] + ["http://127.0.0.1:9/metrics"]  # one dead
+    text = generate_latest(remote_metrics_registry(urls)).decode()
+    # One family per name, as Prometheus requires, holding both processes' samples.
+    assert text.count("# TYPE tandem:worker_num_running gauge") == 1
+    assert text.count("# TYPE tandem:worker_pulled_blocks_total counter") == 1
+    samples = parse_metrics(text)
+    assert samples[("tandem:worker_num_running", (("worker_id", "a"),))] == 1
+    assert samples[("tandem:worker_num_running", (("worker_id", "b"),))] == 2
+    assert samples[("tandem:worker_pulled_blocks_total", (("worker_id", "b"),))] == 0
