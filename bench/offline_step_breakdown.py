@@ -20,7 +20,6 @@ import gc
 import random
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +27,7 @@ import torch
 
 from bench.common import emit
 from bench.real_shapes import write_model_folder
-from services.engine.decode_inputs import is_decode_only
-from services.engine.model_runner import LaunchedStep
-
-
-def timed(fn: Callable[..., Any], totals: dict[str, list[float]], key_of: Callable[..., str]) -> Callable[..., Any]:
-    """``fn`` that adds one call and its wall time to ``totals[key_of(first argument)]``."""
-
-    def wrapper(arg: Any, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        out = fn(arg, *args, **kwargs)
-        entry = totals.setdefault(key_of(arg), [0, 0.0])
-        entry[0] += 1
-        entry[1] += time.perf_counter() - started
-        return out
-
-    return wrapper
-
-
-def _collect_key(launched: LaunchedStep) -> str:
-    return "wait_decode" if is_decode_only(launched.step.chunks) else "wait_mixed"
+from bench.step_timeline import StepTimeline
 
 
 def run_once(folder: Path, prompts: list[list[int]], osl: int, overlap: bool, **engine_args: Any) -> dict:
@@ -55,18 +35,22 @@ def run_once(folder: Path, prompts: list[list[int]], osl: int, overlap: bool, **
 
     llm = LLM(model=str(folder), max_model_len=len(prompts[0]) + osl + 16,
               max_num_batched_tokens=8192, overlap_scheduling=overlap, **engine_args)
-    totals: dict[str, list[float]] = {}
+    timeline = StepTimeline()
     runner = llm.engine.runner
-    runner.launch = timed(runner.launch, totals, lambda step: "launch")  # type: ignore[method-assign]
-    runner.collect = timed(runner.collect, totals, _collect_key)  # type: ignore[method-assign]
+    runner.launch = timeline.wrap_launch(runner.launch)  # type: ignore[method-assign]
+    runner.collect = timeline.wrap_collect(runner.collect)  # type: ignore[method-assign]
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     started = time.perf_counter()
     llm.generate(prompts, SamplingParams(temperature=0, max_tokens=osl, ignore_eos=True))
     elapsed = time.perf_counter() - started
-    launch_steps, launch_s = totals.get("launch", [0, 0.0])
-    decode_steps, decode_wait_s = totals.get("wait_decode", [0, 0.0])
-    mixed_steps, mixed_wait_s = totals.get("wait_mixed", [0, 0.0])
+    steps = timeline.steps
+    launch_steps = len(steps)
+    launch_s = sum(s.launch_ended - s.launch_began for s in steps)
+    decode_steps = sum(s.decode_only for s in steps)
+    decode_wait_s = sum(s.wait_s for s in steps if s.decode_only)
+    mixed_steps = launch_steps - decode_steps
+    mixed_wait_s = sum(s.wait_s for s in steps if not s.decode_only)
     rest_s = elapsed - launch_s - decode_wait_s - mixed_wait_s
     record = {
         "overlap_scheduling": overlap, "graph_steps": runner.num_graph_steps, "elapsed_s": round(elapsed, 3),

@@ -48,10 +48,12 @@ def add_worker_parser(commands: argparse._SubParsersAction, name: str, add_engin
     parser.set_defaults(handler=run_worker, fixed_role=role)
 
 
-def add_metrics_port_arg(parser: argparse.ArgumentParser) -> None:
+def add_metrics_port_arg(parser: argparse.ArgumentParser,
+                         help_text: str = "serve Prometheus metrics on this port (0 picks one), on --listen's host",
+                         ) -> None:
     metrics_port = env_default("metrics_port")
     parser.add_argument("--metrics-port", type=int, default=int(metrics_port) if metrics_port else None,
-                        help="serve Prometheus metrics on this port (0 picks one), on --listen's host")
+                        help=help_text)
 
 
 def run_worker(args: argparse.Namespace, engine_kwargs: dict) -> int:
@@ -91,9 +93,7 @@ def add_router_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--disagg-min-tokens", type=int, default=int(env_default("disagg_min_tokens", "32")))
     serving_cli.add_http_args(parser, "--http-port", None)
-    metrics_port = env_default("metrics_port")
-    parser.add_argument("--metrics-port", type=int, default=int(metrics_port) if metrics_port else None,
-                        help="serve Prometheus metrics on this port when there is no --http-port")
+    add_metrics_port_arg(parser, "serve Prometheus metrics on this port when there is no --http-port")
     serving_cli.add_admission_args(parser)
     parser.set_defaults(handler=run_router)
 

@@ -144,10 +144,11 @@ class Children:
         child.reader = threading.Thread(target=self._pump, args=(child,), name=f"{name}-output", daemon=True)
         child.reader.start()
         deadline = time.monotonic() + timeout
-        while not child.ready.wait(0.1) or (metrics and not child.metrics_ready.is_set()):
-            self.check()
-            if time.monotonic() > deadline:
-                raise ChildExited(f"{name} (pid {proc.pid}) printed no 'listening on' line within {timeout:g} s")
+        for printed in (child.ready, child.metrics_ready) if metrics else (child.ready,):
+            while not printed.wait(0.1):
+                self.check()
+                if time.monotonic() > deadline:
+                    raise ChildExited(f"{name} (pid {proc.pid}) printed no 'listening on' line within {timeout:g} s")
         assert child.address is not None
         return child.address
 

@@ -139,3 +139,28 @@ def test_configured_console_export_names_the_service(tmp_path) -> None:
     log_file = tmp_path / "kvstore-traced.log"
     assert wait_until(lambda: '"name": "tandem.v1.KvStore/Stats"' in log_file.read_text(), timeout=10)
     assert '"service.name": "tandem-kvstore"' in log_file.read_text()
+
+
+@pytest.mark.parametrize("exporter", ["bogus", "otlp"])
+def test_an_unusable_exporter_is_a_clear_error(monkeypatch, exporter: str) -> None:
+    from services.common.tracing import configure_tracing
+
+    if exporter == "otlp":
+        try:
+            import opentelemetry.exporter.otlp  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            pytest.skip("the OTLP exporter is installed here, so otlp is usable")
+    monkeypatch.setenv("TANDEM_TRACE_EXPORTER", exporter)
+    provider = trace.get_tracer_provider()
+    with pytest.raises(ValueError, match="otlp"):
+        configure_tracing("tandem-test")
+    assert trace.get_tracer_provider() is provider  # nothing was installed
+
+
+def test_no_exporter_installs_nothing(monkeypatch) -> None:
+    from services.common.tracing import configure_tracing
+
+    monkeypatch.delenv("TANDEM_TRACE_EXPORTER", raising=False)
+    assert configure_tracing("tandem-test") is False

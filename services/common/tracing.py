@@ -37,10 +37,15 @@ tracer = trace.get_tracer("tandem")
 # -- context in and out of gRPC metadata ---------------------------------------------
 
 
-def _metadata_with_context(metadata: Any) -> list[tuple[str, str]]:
+def _context_headers() -> dict[str, str]:
+    """The current trace context as metadata entries (W3C ``traceparent``, ...)."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    return [*(metadata or ()), *carrier.items()]
+    return carrier
+
+
+def _metadata_with_context(metadata: Any) -> list[tuple[str, str]]:
+    return [*(metadata or ()), *_context_headers().items()]
 
 
 def _context_from_metadata(metadata: Any) -> otel_context.Context:
@@ -160,9 +165,7 @@ class _AioUnaryStreamTracing(grpc.aio.UnaryStreamClientInterceptor):
 
 def _aio_details(details: Any) -> Any:
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    for key, value in carrier.items():
+    for key, value in _context_headers().items():
         metadata.add(key, value)
     return details._replace(metadata=metadata)
 
